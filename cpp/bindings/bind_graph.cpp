@@ -1,0 +1,111 @@
+// Bindings for cic::Graph: numpy arrays in, numpy arrays and floats out.
+// No logic lives here; every check of values happens in the core, which
+// reports a cic::Result that becomes ValueError.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "cic/graph.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+using Int64Array = py::array_t<int64_t, py::array::c_style>;
+using F64Array = py::array_t<double, py::array::c_style>;
+using BoolArray = py::array_t<bool, py::array::c_style>;
+
+void Check(const cic::Result& r) {
+  if (!r.ok()) throw py::value_error(r.message());
+}
+
+void CheckVector(const F64Array& a, const char* name, py::ssize_t n) {
+  if (a.ndim() != 1) throw py::value_error(std::string(name) + " must be 1-D");
+  if (a.shape(0) != n) {
+    throw py::value_error(std::string(name) + " has length " +
+                          std::to_string(a.shape(0)) + ", expected " +
+                          std::to_string(n) + " (the length of device_s)");
+  }
+}
+
+uint8_t* Bytes(BoolArray& a) { return reinterpret_cast<uint8_t*>(a.mutable_data()); }
+
+// (on_device, sent, latency_s, device_s, transfer_s, server_s, rtt_s, bytes_sent)
+py::tuple Pack(const cic::Graph& g, BoolArray on_device, const cic::Breakdown& b) {
+  Int64Array sent(static_cast<py::ssize_t>(b.num_sent));
+  g.FillSent(reinterpret_cast<const uint8_t*>(on_device.data()), sent.mutable_data());
+  return py::make_tuple(std::move(on_device), std::move(sent), b.latency_s, b.device_s,
+                        b.transfer_s, b.server_s, b.rtt_s, b.bytes_sent);
+}
+
+std::unique_ptr<cic::Graph> MakeGraph(const Int64Array& edges, const F64Array& device_s,
+                                      const F64Array& server_s, const F64Array& out_bytes) {
+  if (edges.ndim() != 2 || edges.shape(1) != 2) {
+    throw py::value_error("edges must have shape (E, 2)");
+  }
+  if (device_s.ndim() != 1) throw py::value_error("device_s must be 1-D");
+  const py::ssize_t n = device_s.shape(0);
+  CheckVector(server_s, "server_s", n);
+  CheckVector(out_bytes, "out_bytes", n);
+  auto graph = std::make_unique<cic::Graph>();
+  cic::Dag dag;
+  Check(cic::Dag::Build(n, edges.data(), edges.shape(0), &dag));
+  Check(cic::Graph::Create(std::move(dag), device_s.data(), server_s.data(),
+                           out_bytes.data(), graph.get()));
+  return graph;
+}
+
+}  // namespace
+
+void BindGraph(py::module_& m) {
+  py::class_<cic::Graph>(m, "Graph")
+      .def(py::init(&MakeGraph), py::arg("edges"), py::arg("device_s"), py::arg("server_s"),
+           py::arg("out_bytes"),
+           "Validate a layer DAG and its costs and build its flow network once.")
+      .def(
+          "min_cut",
+          [](cic::Graph& g, double bandwidth_bps, double rtt_s) {
+            BoolArray on_device(g.num_nodes());
+            uint8_t* out = Bytes(on_device);
+            cic::Breakdown b;
+            cic::Result r;
+            {
+              py::gil_scoped_release release;
+              r = g.MinCut(bandwidth_bps, rtt_s, out, &b);
+            }
+            Check(r);
+            return Pack(g, std::move(on_device), b);
+          },
+          py::arg("bandwidth_bps"), py::arg("rtt_s") = 0.0,
+          "Exact optimum: (on_device, sent, latency_s, device_s, transfer_s, server_s, "
+          "rtt_s, bytes_sent).")
+      .def(
+          "evaluate",
+          [](const cic::Graph& g, BoolArray on_device, double bandwidth_bps, double rtt_s) {
+            if (on_device.ndim() != 1 || on_device.shape(0) != g.num_nodes()) {
+              throw py::value_error("on_device must have length " +
+                                    std::to_string(g.num_nodes()) + " (one entry per node)");
+            }
+            cic::Breakdown b;
+            Check(g.Evaluate(reinterpret_cast<const uint8_t*>(on_device.data()), bandwidth_bps,
+                             rtt_s, &b));
+            return Pack(g, std::move(on_device), b);
+          },
+          py::arg("on_device"), py::arg("bandwidth_bps"), py::arg("rtt_s") = 0.0,
+          "Price a valid partition; same tuple as min_cut.")
+      .def_property_readonly("n_nodes", &cic::Graph::num_nodes)
+      .def_property_readonly("n_edges", [](const cic::Graph& g) { return g.dag().num_edges(); })
+      .def_property_readonly("inputs",
+                             [](const cic::Graph& g) {
+                               const auto& in = g.dag().inputs();
+                               Int64Array a(static_cast<py::ssize_t>(in.size()));
+                               for (size_t i = 0; i < in.size(); ++i) a.mutable_data()[i] = in[i];
+                               return a;
+                             })
+      .def_property_readonly("network_nodes", &cic::Graph::network_nodes)
+      .def_property_readonly("network_arc_pairs", &cic::Graph::network_arc_pairs);
+}

@@ -1,0 +1,161 @@
+// A layer DAG in compressed sparse row form.
+//
+// Nodes are layers 0..n-1; an edge (u, v) means v consumes u's output. The
+// DAG is validated once (indices in range, no self-loop, no cycle) and stored
+// with duplicate edges removed, as successor and predecessor CSR arrays plus a
+// topological order. Duplicates are legal input (a layer that reads the same
+// tensor twice, e.g. `x * x`) but the cost model sends an output once, so they
+// carry no information.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cic/status.hpp"
+
+namespace cic {
+
+class Dag {
+ public:
+  // Largest accepted sizes: the flow network has at most 2n + 1 nodes and
+  // 2n + 2E arc pairs, i.e. 4(n + E) < 2^31 arcs, all indexed by int32.
+  static constexpr int64_t kMaxNodes = int64_t{1} << 26;
+  static constexpr int64_t kMaxEdges = int64_t{1} << 26;
+
+  // Builds the DAG of `num_nodes` nodes from `num_edges` (u, v) pairs stored
+  // row-major in `edges` (2 * num_edges int64 values). On failure `out` is
+  // left unspecified and the message names the offending edge or a node on
+  // the cycle. Runs in O(n + E).
+  static Result Build(int64_t num_nodes, const int64_t* edges,
+                      int64_t num_edges, Dag* out) {
+    if (num_nodes <= 0) return Result::BadInput("graph has no nodes");
+    if (num_nodes > kMaxNodes) {
+      return Result::BadInput("graph has " + std::to_string(num_nodes) +
+                              " nodes, more than the supported " +
+                              std::to_string(kMaxNodes));
+    }
+    if (num_edges < 0 || num_edges > kMaxEdges) {
+      return Result::BadInput("edge count " + std::to_string(num_edges) +
+                              " out of range");
+    }
+    const int32_t n = static_cast<int32_t>(num_nodes);
+    for (int64_t i = 0; i < num_edges; ++i) {
+      const int64_t u = edges[2 * i], v = edges[2 * i + 1];
+      if (u < 0 || u >= n || v < 0 || v >= n) {
+        return Result::BadInput("edge " + std::to_string(i) + " (" +
+                                std::to_string(u) + ", " + std::to_string(v) +
+                                "): node index out of range [0, " +
+                                std::to_string(n) + ")");
+      }
+      if (u == v) {
+        return Result::BadInput("graph has a cycle: edge " + std::to_string(i) +
+                                " is a self-loop on node " + std::to_string(u));
+      }
+    }
+    Dag& g = *out;
+    g.n_ = n;
+    // Successor CSR by counting sort on u, then in-place de-duplication with a
+    // per-node stamp (last u that wrote v), which keeps first-seen order.
+    g.succ_start_.assign(static_cast<size_t>(n) + 1, 0);
+    for (int64_t i = 0; i < num_edges; ++i) ++g.succ_start_[edges[2 * i] + 1];
+    for (int32_t v = 0; v < n; ++v) g.succ_start_[v + 1] += g.succ_start_[v];
+    std::vector<int32_t> raw(static_cast<size_t>(num_edges));
+    {
+      std::vector<int64_t> fill(g.succ_start_.begin(), g.succ_start_.end() - 1);
+      for (int64_t i = 0; i < num_edges; ++i) {
+        raw[fill[edges[2 * i]]++] = static_cast<int32_t>(edges[2 * i + 1]);
+      }
+    }
+    std::vector<int32_t> stamp(n, -1);
+    g.succ_.clear();
+    g.succ_.reserve(raw.size());
+    std::vector<int64_t> start(static_cast<size_t>(n) + 1, 0);
+    for (int32_t u = 0; u < n; ++u) {
+      start[u] = static_cast<int64_t>(g.succ_.size());
+      for (int64_t k = g.succ_start_[u]; k < g.succ_start_[u + 1]; ++k) {
+        const int32_t v = raw[k];
+        if (stamp[v] != u) {
+          stamp[v] = u;
+          g.succ_.push_back(v);
+        }
+      }
+    }
+    start[n] = static_cast<int64_t>(g.succ_.size());
+    g.succ_start_.swap(start);
+
+    // Predecessor CSR from the de-duplicated successor lists.
+    g.pred_start_.assign(static_cast<size_t>(n) + 1, 0);
+    for (int32_t v : g.succ_) ++g.pred_start_[v + 1];
+    for (int32_t v = 0; v < n; ++v) g.pred_start_[v + 1] += g.pred_start_[v];
+    g.pred_.assign(g.succ_.size(), 0);
+    {
+      std::vector<int64_t> fill(g.pred_start_.begin(), g.pred_start_.end() - 1);
+      for (int32_t u = 0; u < n; ++u) {
+        for (int64_t k = g.succ_start_[u]; k < g.succ_start_[u + 1]; ++k) {
+          g.pred_[fill[g.succ_[k]]++] = u;
+        }
+      }
+    }
+
+    // Kahn's algorithm; nodes left over lie on or after a cycle.
+    std::vector<int64_t> indeg(n);
+    g.inputs_.clear();
+    for (int32_t v = 0; v < n; ++v) {
+      indeg[v] = g.pred_start_[v + 1] - g.pred_start_[v];
+      if (indeg[v] == 0) g.inputs_.push_back(v);
+    }
+    g.topo_.assign(g.inputs_.begin(), g.inputs_.end());
+    g.topo_.reserve(n);
+    for (size_t head = 0; head < g.topo_.size(); ++head) {
+      const int32_t u = g.topo_[head];
+      for (int64_t k = g.succ_start_[u]; k < g.succ_start_[u + 1]; ++k) {
+        if (--indeg[g.succ_[k]] == 0) g.topo_.push_back(g.succ_[k]);
+      }
+    }
+    if (static_cast<int32_t>(g.topo_.size()) != n) {
+      // Walk back along unfinished predecessors: after n steps we are on a
+      // cycle, so the node we name really lies on one.
+      int32_t v = 0;
+      while (indeg[v] == 0) ++v;
+      for (int32_t step = 0; step < n; ++step) {
+        for (int64_t k = g.pred_start_[v]; k < g.pred_start_[v + 1]; ++k) {
+          if (indeg[g.pred_[k]] > 0) {
+            v = g.pred_[k];
+            break;
+          }
+        }
+      }
+      return Result::BadInput("graph has a cycle through node " +
+                              std::to_string(v));
+    }
+    return Result::Ok();
+  }
+
+  int32_t num_nodes() const { return n_; }
+  // Number of distinct edges.
+  int64_t num_edges() const { return static_cast<int64_t>(succ_.size()); }
+
+  // Successors of u (distinct, in first-seen input order).
+  const int32_t* succ_begin(int32_t u) const { return succ_.data() + succ_start_[u]; }
+  const int32_t* succ_end(int32_t u) const { return succ_.data() + succ_start_[u + 1]; }
+  int64_t out_degree(int32_t u) const { return succ_start_[u + 1] - succ_start_[u]; }
+
+  const int32_t* pred_begin(int32_t v) const { return pred_.data() + pred_start_[v]; }
+  const int32_t* pred_end(int32_t v) const { return pred_.data() + pred_start_[v + 1]; }
+  int64_t in_degree(int32_t v) const { return pred_start_[v + 1] - pred_start_[v]; }
+
+  // Nodes with no in-edge, ascending: the model inputs, pinned to the device.
+  const std::vector<int32_t>& inputs() const { return inputs_; }
+  bool is_input(int32_t v) const { return in_degree(v) == 0; }
+  // A topological order (inputs first).
+  const std::vector<int32_t>& topological_order() const { return topo_; }
+
+ private:
+  int32_t n_ = 0;
+  std::vector<int64_t> succ_start_, pred_start_;
+  std::vector<int32_t> succ_, pred_, inputs_, topo_;
+};
+
+}  // namespace cic

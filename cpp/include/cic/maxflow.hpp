@@ -1,0 +1,282 @@
+// Push-relabel minimum s-t cut (Goldberg & Tarjan, JACM 1988), phase one only.
+//
+// Theory. A preflow gives every node v != s, t an excess e(v) >= 0 (inflow
+// minus outflow). A distance labelling d with d(t) = 0 and d(v) <= d(w) + 1
+// for every residual arc (v, w) is a lower bound on the residual distance to
+// t. An active node (e > 0, d < N) pushes excess along admissible arcs
+// (residual, d(v) = d(w) + 1) or, if it has none, is relabelled to
+// 1 + min d(w) over its residual arcs. When no node is active every node with
+// excess has d >= N and so cannot reach t: the preflow is maximum and the set
+// T of nodes that can still reach t in the residual graph is the sink side of
+// a minimum cut (every arc into T is saturated; an arc out of T carrying flow
+// would give its head a residual path to t). That is all a cut needs, so, as
+// LEMON's Preflow does when only the cut is wanted, phase two (returning the
+// stranded excess to s to obtain a flow) is never run.
+//
+// Heuristics (Cherkassky & Goldberg, "On implementing push-relabel", 1997):
+// highest-label selection through buckets, the gap heuristic (if no node has
+// label k, no node above k can reach t), and global relabelling by a reverse
+// breadth-first search from t, at start and after O(N + A) relabel work.
+//
+// The source is implicit: the caller states the initial excess of every node,
+// i.e. the capacities of the (saturated) source arcs. Phase one never pushes
+// flow back to s, so source arcs are never needed again.
+//
+// Capacities are int64 and exact. The caller guarantees the sum of all
+// initial excesses and finite capacities stays below 2^61 (so no residual or
+// excess can overflow) and uses kInfinity for uncuttable arcs.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace cic {
+
+class PushRelabel {
+ public:
+  using Cap = int64_t;
+  // Larger than any finite cut the caller may build (< 2^61), and small
+  // enough that kInfinity + 2^61 still fits: an infinite arc's reverse may
+  // receive every unit of flow in the network.
+  static constexpr Cap kInfinity = Cap{1} << 62;
+
+  // Starts a network of `num_nodes` nodes (0..num_nodes-1) with sink `sink`.
+  void Reset(int32_t num_nodes, int32_t sink) {
+    n_ = num_nodes;
+    sink_ = sink;
+    tails_.clear();
+    heads_.clear();
+  }
+
+  // Declares the arc pair tail->head / head->tail; returns its id. Capacities
+  // are set per solve with SetPair. Call before Finalize.
+  int32_t AddPair(int32_t tail, int32_t head) {
+    tails_.push_back(tail);
+    heads_.push_back(head);
+    return static_cast<int32_t>(tails_.size()) - 1;
+  }
+
+  // Lays the arcs out in CSR order and sizes every work array, so that
+  // Solve never allocates.
+  void Finalize() {
+    const int32_t pairs = static_cast<int32_t>(tails_.size());
+    first_.assign(static_cast<size_t>(n_) + 1, 0);
+    for (int32_t p = 0; p < pairs; ++p) {
+      ++first_[tails_[p] + 1];
+      ++first_[heads_[p] + 1];
+    }
+    for (int32_t v = 0; v < n_; ++v) first_[v + 1] += first_[v];
+    const int32_t arcs = 2 * pairs;
+    head_.assign(arcs, 0);
+    rev_.assign(arcs, 0);
+    res_.assign(arcs, 0);
+    pair_arc_.assign(pairs, 0);
+    std::vector<int32_t> fill(first_.begin(), first_.end() - 1);
+    for (int32_t p = 0; p < pairs; ++p) {
+      const int32_t a = fill[tails_[p]]++;
+      const int32_t b = fill[heads_[p]]++;
+      head_[a] = heads_[p];
+      head_[b] = tails_[p];
+      rev_[a] = b;
+      rev_[b] = a;
+      pair_arc_[p] = a;
+    }
+    excess_.assign(n_, 0);
+    label_.assign(n_, 0);
+    current_.assign(n_, 0);
+    queue_.assign(n_, 0);
+    // Buckets for labels 0..n_-1: active nodes (singly linked stack) and all
+    // labelled nodes (doubly linked, for the gap heuristic).
+    active_head_.assign(n_, -1);
+    next_active_.assign(n_, -1);
+    all_head_.assign(n_, -1);
+    all_next_.assign(n_, -1);
+    all_prev_.assign(n_, -1);
+    tails_.shrink_to_fit();
+    heads_.shrink_to_fit();
+  }
+
+  int32_t num_nodes() const { return n_; }
+  int32_t num_pairs() const { return static_cast<int32_t>(pair_arc_.size()); }
+
+  // Sets the residual capacities of pair `pair` (forward = tail->head) and
+  // zeroes nothing else. Every pair must be set before each Solve.
+  void SetPair(int32_t pair, Cap forward, Cap backward) {
+    const int32_t a = pair_arc_[pair];
+    res_[a] = forward;
+    res_[rev_[a]] = backward;
+  }
+  // Sets the initial excess of `node` (its saturated source arc).
+  void SetExcess(int32_t node, Cap excess) { excess_[node] = excess; }
+  void AddExcess(int32_t node, Cap excess) { excess_[node] += excess; }
+  void ClearExcess() { std::fill(excess_.begin(), excess_.end(), Cap{0}); }
+
+  // Runs phase one and marks the minimum cut. Returns the cut capacity, i.e.
+  // the flow that reached the sink. Allocates nothing.
+  Cap Solve() {
+    excess_[sink_] = 0;
+    GlobalRelabel();
+    int64_t work = 0;
+    const int64_t relabel_period =
+        6 * static_cast<int64_t>(n_) + static_cast<int64_t>(head_.size()) / 2;
+    while (max_active_ >= 0) {
+      const int32_t v = active_head_[max_active_];
+      if (v < 0) {
+        --max_active_;
+        continue;
+      }
+      active_head_[max_active_] = next_active_[v];
+      work += Discharge(v);
+      if (work > relabel_period) {
+        GlobalRelabel();
+        work = 0;
+      }
+    }
+    MarkSinkSide();
+    return excess_[sink_];
+  }
+
+  // After Solve: true if `node` is on the source side of the minimum cut,
+  // i.e. cannot reach the sink in the final residual graph. This is the
+  // minimum cut with the largest source side.
+  bool OnSourceSide(int32_t node) const { return label_[node] == n_; }
+
+ private:
+  // Reverse BFS from the sink over residual arcs; unreached nodes get label
+  // n_ (they cannot reach the sink). Rebuilds the buckets.
+  void GlobalRelabel() {
+    std::fill(label_.begin(), label_.end(), n_);
+    std::fill(active_head_.begin(), active_head_.end(), -1);
+    std::fill(all_head_.begin(), all_head_.end(), -1);
+    max_active_ = -1;
+    max_label_ = 0;
+    label_[sink_] = 0;
+    int32_t qh = 0, qt = 0;
+    queue_[qt++] = sink_;
+    while (qh < qt) {
+      const int32_t w = queue_[qh++];
+      const int32_t dw = label_[w] + 1;
+      for (int32_t a = first_[w]; a < first_[w + 1]; ++a) {
+        const int32_t x = head_[a];
+        if (label_[x] == n_ && res_[rev_[a]] > 0) {
+          label_[x] = dw;
+          queue_[qt++] = x;
+        }
+      }
+    }
+    for (int32_t i = 1; i < qt; ++i) {
+      const int32_t v = queue_[i];
+      const int32_t d = label_[v];
+      current_[v] = first_[v];
+      LinkAll(v, d);
+      if (excess_[v] > 0) LinkActive(v, d);
+    }
+  }
+
+  // Final reverse BFS: label_ == n_ marks the source side.
+  void MarkSinkSide() {
+    std::fill(label_.begin(), label_.end(), n_);
+    label_[sink_] = 0;
+    int32_t qh = 0, qt = 0;
+    queue_[qt++] = sink_;
+    while (qh < qt) {
+      const int32_t w = queue_[qh++];
+      for (int32_t a = first_[w]; a < first_[w + 1]; ++a) {
+        const int32_t x = head_[a];
+        if (label_[x] == n_ && res_[rev_[a]] > 0) {
+          label_[x] = 0;
+          queue_[qt++] = x;
+        }
+      }
+    }
+  }
+
+  void LinkActive(int32_t v, int32_t d) {
+    next_active_[v] = active_head_[d];
+    active_head_[d] = v;
+    if (d > max_active_) max_active_ = d;
+  }
+  void LinkAll(int32_t v, int32_t d) {
+    all_prev_[v] = -1;
+    all_next_[v] = all_head_[d];
+    if (all_head_[d] >= 0) all_prev_[all_head_[d]] = v;
+    all_head_[d] = v;
+    if (d > max_label_) max_label_ = d;
+  }
+  void UnlinkAll(int32_t v, int32_t d) {
+    if (all_prev_[v] >= 0) {
+      all_next_[all_prev_[v]] = all_next_[v];
+    } else {
+      all_head_[d] = all_next_[v];
+    }
+    if (all_next_[v] >= 0) all_prev_[all_next_[v]] = all_prev_[v];
+  }
+
+  // Pushes v's excess away, relabelling as needed, until it is gone or v
+  // cannot reach the sink. Returns a measure of the work done.
+  int64_t Discharge(int32_t v) {
+    int64_t work = 0;
+    while (true) {
+      const int32_t d = label_[v];
+      const int32_t end = first_[v + 1];
+      for (int32_t a = current_[v]; a < end; ++a) {
+        if (res_[a] <= 0) continue;
+        const int32_t w = head_[a];
+        if (label_[w] != d - 1) continue;
+        const Cap delta = excess_[v] < res_[a] ? excess_[v] : res_[a];
+        res_[a] -= delta;
+        res_[rev_[a]] += delta;
+        excess_[v] -= delta;
+        if (excess_[w] == 0 && w != sink_) LinkActive(w, d - 1);
+        excess_[w] += delta;
+        if (excess_[v] == 0) {
+          current_[v] = a;
+          return work;
+        }
+      }
+      // No admissible arc left: relabel, or give up on v.
+      work += 12 + (end - first_[v]);
+      UnlinkAll(v, d);
+      if (all_head_[d] < 0) {
+        Gap(d);  // v was alone at d: v and everything above are cut off.
+        label_[v] = n_;
+        return work;
+      }
+      int32_t best = n_;
+      int32_t best_arc = first_[v];
+      for (int32_t a = first_[v]; a < end; ++a) {
+        if (res_[a] > 0 && label_[head_[a]] + 1 < best) {
+          best = label_[head_[a]] + 1;
+          best_arc = a;
+        }
+      }
+      label_[v] = best;
+      if (best >= n_) return work;
+      current_[v] = best_arc;
+      LinkAll(v, best);
+    }
+  }
+
+  // Every labelled node above `d` loses its path to the sink. Under
+  // highest-label selection none of them is active.
+  void Gap(int32_t d) {
+    for (int32_t h = d + 1; h <= max_label_; ++h) {
+      for (int32_t v = all_head_[h]; v >= 0; v = all_next_[v]) label_[v] = n_;
+      all_head_[h] = -1;
+    }
+    max_label_ = d - 1;
+  }
+
+  int32_t n_ = 0;
+  int32_t sink_ = 0;
+  std::vector<int32_t> tails_, heads_;  // pair endpoints until Finalize
+  std::vector<int32_t> first_, head_, rev_, pair_arc_;
+  std::vector<Cap> res_, excess_;
+  std::vector<int32_t> label_, current_, queue_;
+  std::vector<int32_t> active_head_, next_active_;
+  std::vector<int32_t> all_head_, all_next_, all_prev_;
+  int32_t max_active_ = -1;
+  int32_t max_label_ = 0;
+};
+
+}  // namespace cic

@@ -1,0 +1,563 @@
+"""Turn a PyTorch model into the layer graph of the cost model.
+
+One node per layer as torch.fx symbolic tracing sees it (a leaf module call, a
+function call or a tensor method call), plus one node per model input and one
+``output`` node that collects the model's results.  Nodes are numbered in the
+order of the traced program, which is a topological order.
+
+Rules (see DESIGN.md "The cost model"):
+
+- parameters and buffers (``get_attr``) are not nodes: both sides hold the weights;
+- values that do not depend on any model input (constants built inside ``forward``)
+  are not nodes either: both halves of a split recompute them, so they are never
+  counted as bytes to send;
+- nodes with no path to the model's output are dropped;
+- the model inputs are the only sources.
+
+In-place operations are handled by extra ordering edges: if a node mutates a value
+that other nodes read, every reader that runs after it in the model gets an edge
+from it and every earlier reader an edge to it, so no partition can run a reader on
+the wrong side of the mutation.
+
+torch is imported lazily: ``import cic_fast`` works without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import operator
+import traceback
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from torch import fx
+
+__all__ = ["LayerGraph", "TraceError", "TracedProgram", "trace"]
+
+LAYER_GRAPH_SCHEMA = "cic_fast.layer_graph"
+LAYER_GRAPH_VERSION = 1
+
+
+class TraceError(RuntimeError):
+    """Raised when neither torch.fx nor torch.export can trace a model."""
+
+
+@dataclass(eq=False)
+class TracedProgram:
+    """The executable side of a :class:`LayerGraph` (not serialised).
+
+    Attributes
+    ----------
+    module : torch.fx.GraphModule
+        The traced program; it shares parameters with the original model.
+    fx_nodes : list of torch.fx.Node
+        ``fx_nodes[i]`` is the fx node of layer-graph node ``i``; the last entry is the
+        fx ``output`` node.
+    mutates : dict
+        Layer index -> tuple of fx nodes whose value that layer modifies in place.
+    in_spec, out_spec : pytree specs or None
+        Set when the program came from torch.export, whose graph takes flat inputs
+        and returns flat outputs.
+    """
+
+    module: Any
+    fx_nodes: list[Any]
+    mutates: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+    in_spec: Any = None
+    out_spec: Any = None
+
+    def flatten_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> list[Any]:
+        """Map the model's call arguments onto the program's placeholders."""
+        if self.in_spec is None:
+            if kwargs:
+                raise TypeError("keyword inputs need a torch.export trace")
+            return list(args)
+        from torch.utils import _pytree
+
+        flat, _ = _pytree.tree_flatten((tuple(args), dict(kwargs or {})))
+        return flat
+
+    def restructure_outputs(self, flat: Any) -> Any:
+        """Give the program's outputs the structure the model returns."""
+        if self.out_spec is None:
+            return flat
+        from torch.utils import _pytree
+
+        return _pytree.tree_unflatten(list(flat), self.out_spec)
+
+
+@dataclass(eq=False)
+class LayerGraph:
+    """A model as a DAG of layers, with the sizes the cost model needs.
+
+    Attributes
+    ----------
+    names, ops, targets : tuple of str
+        Per node: unique fx name, fx op (``placeholder``, ``call_module``,
+        ``call_function``, ``call_method``, ``output``) and what it calls.
+    edges : numpy.ndarray
+        (E, 2) int64 array of (u, v) with u < v.
+    out_bytes : numpy.ndarray
+        int64, bytes of each node's tensor outputs (tuples and dicts included,
+        non-tensor outputs count 0).
+    flops : numpy.ndarray
+        int64, floating point operations per node from torch.utils.flop_counter
+        (0 where unsupported).
+    inputs : numpy.ndarray
+        int64 indices of the model inputs (the placeholders), the only sources.
+    shapes : tuple of str
+        Readable description of each node's output, e.g. ``f32[1,64,56,56]``.
+    method : str
+        ``"fx"`` or ``"export"``: the tracer that produced the graph.
+    program : TracedProgram or None
+        The executable program; None for a graph loaded from JSON.
+    """
+
+    names: tuple[str, ...]
+    ops: tuple[str, ...]
+    targets: tuple[str, ...]
+    edges: np.ndarray
+    out_bytes: np.ndarray
+    flops: np.ndarray
+    inputs: np.ndarray
+    shapes: tuple[str, ...]
+    method: str = "fx"
+    program: TracedProgram | None = field(default=None, repr=False)
+
+    @property
+    def n_nodes(self) -> int:
+        """Number of nodes."""
+        return len(self.names)
+
+    @property
+    def n_edges(self) -> int:
+        """Number of edges."""
+        return int(self.edges.shape[0])
+
+    @property
+    def output(self) -> int:
+        """Index of the ``output`` node (always the last)."""
+        return self.n_nodes - 1
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of node names, ops, targets and edges.
+
+        Two graphs of the same architecture traced the same way share it; a profile
+        records it so that it is never applied to another model.
+        """
+        h = hashlib.sha256()
+        for parts in (self.names, self.ops, self.targets):
+            h.update("\x1f".join(parts).encode())
+            h.update(b"\x1e")
+        h.update(np.ascontiguousarray(self.edges, dtype="<i8").tobytes())
+        return h.hexdigest()[:32]
+
+    def successors(self) -> list[list[int]]:
+        """Adjacency lists, successors of each node."""
+        succ: list[list[int]] = [[] for _ in range(self.n_nodes)]
+        for u, v in self.edges.tolist():
+            succ[u].append(v)
+        return succ
+
+    def predecessors(self) -> list[list[int]]:
+        """Adjacency lists, predecessors of each node."""
+        pred: list[list[int]] = [[] for _ in range(self.n_nodes)]
+        for u, v in self.edges.tolist():
+            pred[v].append(u)
+        return pred
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the executable program is not included)."""
+        return {
+            "schema": LAYER_GRAPH_SCHEMA,
+            "version": LAYER_GRAPH_VERSION,
+            "method": self.method,
+            "fingerprint": self.fingerprint,
+            "names": list(self.names),
+            "ops": list(self.ops),
+            "targets": list(self.targets),
+            "shapes": list(self.shapes),
+            "edges": self.edges.tolist(),
+            "out_bytes": self.out_bytes.tolist(),
+            "flops": self.flops.tolist(),
+            "inputs": self.inputs.tolist(),
+        }
+
+    def to_json(self) -> str:
+        """Serialise to a JSON string (see :meth:`from_json`)."""
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> LayerGraph:
+        """Load a graph written by :meth:`to_json`; ``program`` is None.
+
+        Raises
+        ------
+        ValueError
+            Unknown schema or version, inconsistent lengths or fingerprint.
+        """
+        d = json.loads(text)
+        if d.get("schema") != LAYER_GRAPH_SCHEMA or d.get("version") != LAYER_GRAPH_VERSION:
+            raise ValueError(
+                f"unknown layer graph schema {d.get('schema')!r} version {d.get('version')!r}"
+            )
+        n = len(d["names"])
+        edges = np.asarray(d["edges"], dtype=np.int64).reshape(-1, 2)
+        g = cls(
+            names=tuple(d["names"]),
+            ops=tuple(d["ops"]),
+            targets=tuple(d["targets"]),
+            edges=edges,
+            out_bytes=np.asarray(d["out_bytes"], dtype=np.int64),
+            flops=np.asarray(d["flops"], dtype=np.int64),
+            inputs=np.asarray(d["inputs"], dtype=np.int64),
+            shapes=tuple(d["shapes"]),
+            method=d.get("method", "fx"),
+        )
+        lengths = {len(g.ops), len(g.targets), len(g.shapes), len(g.out_bytes), len(g.flops)}
+        if lengths != {n}:
+            raise ValueError("layer graph arrays have inconsistent lengths")
+        if d.get("fingerprint") not in (None, g.fingerprint):
+            raise ValueError("layer graph fingerprint does not match its contents")
+        return g
+
+    def summary(self, *, max_rows: int | None = 60) -> str:
+        """A readable table: index, name, op, target, output shape, bytes, MFLOPs.
+
+        Parameters
+        ----------
+        max_rows : int or None
+            Rows shown before eliding the middle; None shows all.
+        """
+        head = (
+            f"LayerGraph ({self.method}): {self.n_nodes} nodes, {self.n_edges} edges, "
+            f"inputs {self.inputs.tolist()}, "
+            f"{self.flops.sum() / 1e9:.3f} GFLOPs, "
+            f"input bytes {int(self.out_bytes[self.inputs].sum())}"
+        )
+        rows = [f"{'#':>4} {'name':<28} {'op':<13} {'target':<28} {'output':<22} {'bytes':>10} {'MFLOP':>9}"]
+        idx = list(range(self.n_nodes))
+        if max_rows is not None and len(idx) > max_rows:
+            half = max_rows // 2
+            idx = idx[:half] + [-1] + idx[-half:]
+        for i in idx:
+            if i < 0:
+                rows.append(f"{'...':>4}")
+                continue
+            rows.append(
+                f"{i:>4} {_clip(self.names[i], 28):<28} {self.ops[i]:<13} "
+                f"{_clip(self.targets[i], 28):<28} {_clip(self.shapes[i], 22):<22} "
+                f"{int(self.out_bytes[i]):>10} {self.flops[i] / 1e6:>9.2f}"
+            )
+        return "\n".join([head, *rows])
+
+
+def _clip(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 1] + "~"
+
+
+def _as_args(example_inputs: Any) -> tuple[Any, ...]:
+    import torch
+
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    raise TypeError("example_inputs must be a tensor or a tuple of model arguments")
+
+
+def _user_frame(exc: BaseException) -> str:
+    """The innermost traceback frame outside torch: the construct that failed."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/torch/" not in f.filename]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" at {f.filename}:{f.lineno} `{(f.line or '').strip()}`"
+
+
+def trace(model: torch.nn.Module, example_inputs: Any, *, method: str = "auto") -> LayerGraph:
+    """Trace a model into a :class:`LayerGraph` and measure its tensor sizes.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model, normally in eval mode (the trace bakes in ``model.training``).
+    example_inputs : torch.Tensor or tuple
+        Positional arguments of one forward call; sizes are measured on them.
+    method : {"auto", "fx", "export"}
+        ``"auto"`` tries torch.fx symbolic tracing and falls back to torch.export.
+
+    Returns
+    -------
+    LayerGraph
+        With ``program`` set, so it can be profiled and split.
+
+    Raises
+    ------
+    TraceError
+        Neither tracer could handle the model; the message names the construct.
+
+    Examples
+    --------
+    >>> g = trace(torchvision.models.resnet18().eval(), torch.randn(1, 3, 224, 224))
+    >>> print(g.summary())  # doctest: +SKIP
+    """
+    import torch
+    from torch import fx
+
+    if method not in ("auto", "fx", "export"):
+        raise ValueError(f"method must be 'auto', 'fx' or 'export', not {method!r}")
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError("model must be a torch.nn.Module")
+    args = _as_args(example_inputs)
+    failures: list[str] = []
+    gm = None
+    in_spec = out_spec = None
+    used = method
+    if method in ("auto", "fx"):
+        try:
+            gm = fx.symbolic_trace(model)
+            used = "fx"
+        except Exception as e:  # noqa: BLE001 - any tracer failure means: try the next one
+            failures.append(f"torch.fx failed{_user_frame(e)}: {type(e).__name__}: {e}")
+    if gm is None and method in ("auto", "export"):
+        try:
+            ep = torch.export.export(model, args, strict=False)
+            gm = ep.module()
+            info = getattr(gm.graph._codegen, "pytree_info", None)
+            if info is not None:
+                in_spec, out_spec = info.in_spec, info.out_spec
+            used = "export"
+        except Exception as e:  # noqa: BLE001
+            failures.append(f"torch.export failed{_user_frame(e)}: {type(e).__name__}: {e}")
+    if gm is None:
+        raise TraceError("could not trace the model; " + "; ".join(failures))
+    return _build(gm, args, used, in_spec, out_spec)
+
+
+def _leaves(value: Any) -> list[Any]:
+    from torch.utils import _pytree
+
+    try:
+        return _pytree.tree_leaves(value)
+    except Exception:  # noqa: BLE001 - an exotic container: treat it as one opaque leaf
+        return [value]
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes of all tensors in a (possibly nested) value; other leaves count 0."""
+    import torch
+
+    return sum(
+        t.numel() * t.element_size() for t in _leaves(value) if isinstance(t, torch.Tensor)
+    )
+
+
+def _describe(value: Any) -> str:
+    import torch
+
+    short = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.int64: "i64"}
+
+    def one(v: Any) -> str:
+        if isinstance(v, torch.Tensor):
+            dt = short.get(v.dtype, str(v.dtype).removeprefix("torch."))
+            return f"{dt}[{','.join(str(s) for s in v.shape)}]"
+        if v is None:
+            return "None"
+        return type(v).__name__
+
+    if isinstance(value, torch.Tensor) or not isinstance(value, (tuple, list, dict)):
+        return one(value)
+    return "(" + ",".join(one(v) for v in _leaves(value)) + ")"
+
+
+def target_name(node: fx.Node) -> str:
+    """A stable string for what a node calls."""
+    t = node.target
+    if isinstance(t, str):
+        return t
+    mod = getattr(t, "__module__", None) or ""
+    name = getattr(t, "__qualname__", None) or getattr(t, "__name__", None) or str(t)
+    if mod in ("_operator", "operator"):
+        mod = "operator"
+    if type(t).__name__ == "OpOverload":
+        return f"aten.{t._opname}.{t._overloadname}" if hasattr(t, "_opname") else str(t)
+    return f"{mod}.{name}" if mod else name
+
+
+def fetch_attr(gm: Any, target: str) -> Any:
+    """Value of a dotted attribute path of a module."""
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def run_node(gm: Any, node: fx.Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Execute one fx node with already-evaluated arguments."""
+    if node.op == "call_function":
+        return node.target(*args, **kwargs)
+    if node.op == "call_method":
+        self_obj, *rest = args
+        return getattr(self_obj, node.target)(*rest, **kwargs)
+    if node.op == "call_module":
+        return gm.get_submodule(node.target)(*args, **kwargs)
+    if node.op == "get_attr":
+        return fetch_attr(gm, node.target)
+    raise ValueError(f"cannot run node of op {node.op!r}")
+
+
+def placeholder_value(node: fx.Node, flat: list[Any], pos: int) -> Any:
+    """Value of the pos-th placeholder: the given input or the default."""
+    if pos < len(flat):
+        return flat[pos]
+    if node.args:
+        return node.args[0]
+    raise TypeError(f"missing model input {node.target!r}")
+
+
+def _build(gm: Any, args: tuple[Any, ...], method: str, in_spec: Any, out_spec: Any) -> LayerGraph:
+    import torch
+    from torch import fx
+    from torch.utils.flop_counter import FlopCounterMode
+
+    program = TracedProgram(module=gm, fx_nodes=[], in_spec=in_spec, out_spec=out_spec)
+    flat = program.flatten_inputs(args)
+    nodes: list[fx.Node] = list(gm.graph.nodes)
+    order = {n: i for i, n in enumerate(nodes)}
+    out_node = next(n for n in nodes if n.op == "output")
+
+    env: dict[fx.Node, Any] = {}
+    flops: dict[fx.Node, int] = {}
+    # storage pointer -> nodes whose value lives in it, to find every alias a mutation hits
+    by_storage: dict[int, list[fx.Node]] = {}
+    mutated: dict[fx.Node, set[fx.Node]] = {}
+    pos = 0
+
+    def storages(value: Any) -> set[int]:
+        keys = set()
+        for t in _leaves(value):
+            if isinstance(t, torch.Tensor) and t.numel() > 0 and t.layout == torch.strided:
+                keys.add(t.untyped_storage().data_ptr())
+        return keys
+
+    with torch.no_grad():
+        for node in nodes:
+            if node.op == "placeholder":
+                env[node] = placeholder_value(node, flat, pos)
+                pos += 1
+            elif node.op == "output":
+                break
+            else:
+                a = fx.node.map_arg(node.args, lambda n: env[n])
+                k = fx.node.map_arg(node.kwargs, lambda n: env[n])
+                in_tensors = [t for t in _leaves((a, k)) if isinstance(t, torch.Tensor)]
+                before = [_version(t) for t in in_tensors]
+                if node.op == "get_attr":
+                    env[node] = run_node(gm, node, a, k)
+                    flops[node] = 0
+                else:
+                    counter = FlopCounterMode(display=False)
+                    with counter:
+                        env[node] = run_node(gm, node, a, k)
+                    flops[node] = int(counter.get_total_flops())
+                hit = {
+                    t.untyped_storage().data_ptr()
+                    for t, v in zip(in_tensors, before, strict=True)
+                    if v is not None and _version(t) != v and t.numel() > 0
+                }
+                if hit:
+                    victims = {m for key in hit for m in by_storage.get(key, ())}
+                    victims.discard(node)
+                    if victims:
+                        mutated[node] = victims
+            for key in storages(env[node]):
+                by_storage.setdefault(key, []).append(node)
+
+    # Extra ordering edges for in-place mutation (see module docstring).
+    extra: list[tuple[fx.Node, fx.Node]] = []
+    for m, victims in mutated.items():
+        for x in victims:
+            for user in x.users:
+                if user is m:
+                    continue
+                if order[user] > order[m]:
+                    extra.append((m, user))
+                else:
+                    extra.append((user, m))
+    preds: dict[fx.Node, set[fx.Node]] = {n: set(n.all_input_nodes) for n in nodes}
+    for u, v in extra:
+        preds[v].add(u)
+    # A constant that an input-dependent node mutates carries input data from then on.
+    promoted = {x for m, vs in mutated.items() for x in vs}
+
+    # Input dependence, to a fixpoint because promotion can reach back in order.
+    dep = {n: False for n in nodes}
+    changed = True
+    while changed:
+        changed = False
+        for n in nodes:
+            if dep[n] or n.op == "get_attr":
+                continue
+            d = n.op == "placeholder" or any(dep[p] for p in preds[n])
+            if not d and n in promoted:
+                d = any(dep[m] for m, vs in mutated.items() if n in vs)
+            if d:
+                dep[n] = True
+                changed = True
+
+    # Liveness: a path to the output node over data and ordering edges.
+    live = {n: False for n in nodes}
+    live[out_node] = True
+    for n in reversed(nodes):
+        if live[n]:
+            for p in preds[n]:
+                live[p] = True
+
+    kept = [n for n in nodes if n.op == "placeholder" or n is out_node or (dep[n] and live[n])]
+    index = {n: i for i, n in enumerate(kept)}
+    edge_set: set[tuple[int, int]] = set()
+    for n in kept:
+        for p in preds[n]:
+            if p in index:
+                edge_set.add((index[p], index[n]))
+    edges = np.array(sorted(edge_set), dtype=np.int64).reshape(-1, 2)
+    assert (edges[:, 0] < edges[:, 1]).all(), "fx order is not topological"
+
+    program.fx_nodes = kept
+    program.mutates = {
+        index[m]: tuple(sorted(vs, key=order.__getitem__)) for m, vs in mutated.items() if m in index
+    }
+    out_bytes = np.array(
+        [0 if n is out_node else tensor_bytes(env[n]) for n in kept], dtype=np.int64
+    )
+    return LayerGraph(
+        names=tuple(n.name for n in kept),
+        ops=tuple(n.op for n in kept),
+        targets=tuple("output" if n is out_node else target_name(n) for n in kept),
+        edges=edges,
+        out_bytes=out_bytes,
+        flops=np.array([flops.get(n, 0) for n in kept], dtype=np.int64),
+        inputs=np.array([index[n] for n in kept if n.op == "placeholder"], dtype=np.int64),
+        shapes=tuple("-" if n is out_node else _describe(env[n]) for n in kept),
+        method=method,
+        program=program,
+    )
+
+
+def _version(t: Any) -> int | None:
+    # Inference-mode tensors have no version counter.
+    try:
+        return int(t._version)
+    except RuntimeError:
+        return None
+
+
+# operator is imported for users of target_name's output ("operator.getitem")
+_ = operator
