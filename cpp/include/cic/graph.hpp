@@ -38,14 +38,19 @@
 // (a cut containing such an arc costs more than all-device, so it is never
 // minimal either way).
 //
-// Fixed point. Capacities are int64 values c * 2^k, rounded to nearest, with k
-// chosen per solve so that the sum of all finite capacities is below 2^60; an
-// infinite arc gets 2^62 (above every finite cut; 2^62 + 2^61 still fits). So
-// the min cut is exact for the rounded problem and within (number of cut
-// arcs) * 2^-60 * (total cost) of the real-valued optimum: below double
-// precision of the latencies themselves. The latency reported is recomputed
-// from the partition in double with the formula above, never read off the
-// flow. Sums that overflow double (costs near 1e308) report kIntOverflow.
+// Fixed point. Capacities are int64 values c * 2^k, rounded to nearest. k is
+// chosen once per graph so that B = dev + srv + (number of transfer arcs) * dev
+// is below 2^60 units, where dev and srv are the reduced device and server
+// totals: B bounds the sum of all finite capacities, because each transfer is
+// clamped to the all-device cut plus one unit. An infinite arc gets 2^62
+// (above every finite cut; 2^62 + 2^61 still fits, and no excess or flow can
+// exceed 2^61). Only transfer capacities change with the bandwidth, so a new
+// solve re-sets just those. The min cut is exact for the rounded problem and
+// within (number of cut arcs) * 2^-60 * B of the real-valued optimum, far
+// below 1e-9 relative on any DNN-sized graph. The latency reported is
+// recomputed from the partition in double with the formula above, never read
+// off the flow. Sums that overflow double (costs near 1e308) report
+// kIntOverflow.
 #pragma once
 
 #include <cmath>
@@ -124,7 +129,7 @@ class Graph {
       return Result::Overflow("device_s sums to more than a double holds (overflow)");
     }
     g.BuildNetwork();
-    return Result::Ok();
+    return g.ScaleCapacities();
   }
 
   const Dag& dag() const { return dag_; }
@@ -246,20 +251,11 @@ class Graph {
     }
     const int32_t sink = count++;
     flow_.Reset(count, sink);
-    terminals_.clear();
+    std::vector<int32_t> terminal_pairs;
     transfers_.clear();
-    infinite_.clear();
-    dev_red_.clear();
-    srv_red_.clear();
-    dev_net_ = srv_net_ = 0.0;
+    std::vector<int32_t> infinite;
     for (int32_t v = 0; v < n; ++v) {
-      if (dag_.is_input(v)) continue;
-      const double m = std::fmin(device_[v], server_[v]);
-      dev_red_.push_back(device_[v] - m);
-      srv_red_.push_back(server_[v] - m);
-      dev_net_ += device_[v] - m;
-      srv_net_ += server_[v] - m;
-      terminals_.push_back({flow_.AddPair(net_[v], sink), net_[v]});
+      if (!dag_.is_input(v)) terminal_pairs.push_back(flow_.AddPair(net_[v], sink));
     }
     for (int32_t u = 0; u < n; ++u) {
       const int64_t deg = dag_.out_degree(u);
@@ -280,44 +276,76 @@ class Graph {
           t.pair = flow_.AddPair(net_[u], aux_[u]);
         }
         for (const int32_t* w = dag_.succ_begin(u); w != dag_.succ_end(u); ++w) {
-          infinite_.push_back(flow_.AddPair(aux_[u], net_[*w]));
-          if (!input) infinite_.push_back(flow_.AddPair(net_[*w], net_[u]));
+          infinite.push_back(flow_.AddPair(aux_[u], net_[*w]));
+          if (!input) infinite.push_back(flow_.AddPair(net_[*w], net_[u]));
         }
       }
       transfers_.push_back(t);
     }
     flow_.Finalize();
+    for (int32_t p : infinite) flow_.SetPair(p, PushRelabel::kInfinity, 0);
   }
 
-  // Sets the fixed-point capacities for this bandwidth, solves, and writes
-  // the source side of the minimum cut into on_device.
-  Result SolveCut(double bandwidth_bps, uint8_t* on_device) {
-    using Cap = PushRelabel::Cap;
-    // 8 * b / bw, not b * (8 / bw): the latter is 0 * inf = NaN for b = 0
-    // at a denormal bandwidth.
-    auto seconds = [&](int32_t u) { return 8.0 * bytes_[u] / bandwidth_bps; };
-    double total = dev_net_ + srv_net_;
-    for (const Transfer& t : transfers_) total += std::fmin(seconds(t.layer), dev_net_);
+  // Chooses the fixed-point scale 2^shift_ and sets the capacities that do
+  // not depend on the bandwidth. Transfer capacities are clamped to
+  // bound_ = (all-device cut) + 1 unit, so the sum of every finite capacity
+  // is at most dev + srv + (transfers) * dev (+ rounding), which the scale
+  // keeps below 2^60.
+  Result ScaleCapacities() {
+    double dev = 0.0, srv = 0.0;
+    for (int32_t v = 0; v < num_nodes(); ++v) {
+      if (dag_.is_input(v)) continue;
+      const double m = std::fmin(device_[v], server_[v]);
+      dev += device_[v] - m;
+      srv += server_[v] - m;
+    }
+    const double total = dev * (static_cast<double>(transfers_.size()) + 1.0) + srv;
     if (!std::isfinite(total)) {
       return Result::Overflow(
           "costs too large: their sum overflows the fixed-point range (overflow)");
     }
     int exponent = 0;
     if (total > 0.0) std::frexp(total, &exponent);
-    const int shift = 60 - exponent;  // total * 2^shift < 2^60
+    shift_ = 60 - exponent;  // total * 2^shift_ < 2^60
+    scale_ = (shift_ > -1000 && shift_ < 1000) ? std::ldexp(1.0, shift_) : 0.0;
+    fixed_excess_.assign(flow_.num_nodes(), 0);
     flow_.ClearExcess();
+    using Cap = PushRelabel::Cap;
     Cap device_units = 0;
-    for (size_t i = 0; i < terminals_.size(); ++i) {
-      const Cap d = std::llround(std::ldexp(dev_red_[i], shift));
-      const Cap s = std::llround(std::ldexp(srv_red_[i], shift));
-      flow_.SetPair(terminals_[i].pair, d, 0);
-      flow_.SetExcess(terminals_[i].node, s);
+    int32_t pair = 0;  // terminal pairs were declared first, in node order
+    for (int32_t v = 0; v < num_nodes(); ++v) {
+      if (dag_.is_input(v)) continue;
+      const double m = std::fmin(device_[v], server_[v]);
+      const Cap d = ToUnits(device_[v] - m);
+      fixed_excess_[net_[v]] = ToUnits(server_[v] - m);
+      flow_.SetPair(pair++, d, 0);
+      flow_.SetExcess(net_[v], fixed_excess_[net_[v]]);
       device_units += d;
     }
-    const Cap bound = device_units + 1;
+    bound_ = device_units + 1;
+    return Result::Ok();
+  }
+
+  // x * 2^shift_ rounded to nearest, for 0 <= x * 2^shift_ < 2^62.
+  PushRelabel::Cap ToUnits(double x) const {
+    const double y = scale_ != 0.0 ? x * scale_ : std::ldexp(x, shift_);
+    return static_cast<PushRelabel::Cap>(y + 0.5);
+  }
+
+  // Sets the transfer capacities for this bandwidth, solves, and writes the
+  // source side of the minimum cut into on_device.
+  Result SolveCut(double bandwidth_bps, uint8_t* on_device) {
+    using Cap = PushRelabel::Cap;
+    const double bound = static_cast<double>(bound_);
     for (const Transfer& t : transfers_) {
-      const double x = std::ldexp(seconds(t.layer), shift);
-      const Cap c = x >= static_cast<double>(bound) ? bound : std::llround(x);
+      if (t.pair < 0) flow_.SetExcess(t.excess_node, fixed_excess_[t.excess_node]);
+    }
+    for (const Transfer& t : transfers_) {
+      // 8 * b / bw, not b * (8 / bw): the latter is 0 * inf = NaN for b = 0
+      // at a denormal bandwidth. Infinity clamps like any large value.
+      const double seconds = 8.0 * bytes_[t.layer] / bandwidth_bps;
+      const double y = scale_ != 0.0 ? seconds * scale_ : std::ldexp(seconds, shift_);
+      const Cap c = y >= bound ? bound_ : static_cast<Cap>(y + 0.5);
       if (t.pair >= 0) {
         flow_.SetPair(t.pair, c, PushRelabel::kInfinity);
       } else {
@@ -327,7 +355,6 @@ class Graph {
         flow_.AddExcess(t.excess_node, c);
       }
     }
-    for (int32_t p : infinite_) flow_.SetPair(p, PushRelabel::kInfinity, 0);
     flow_.Solve();
     for (int32_t v = 0; v < num_nodes(); ++v) {
       on_device[v] = net_[v] < 0 ? 1 : (flow_.OnSourceSide(net_[v]) ? 1 : 0);
@@ -335,10 +362,6 @@ class Graph {
     return Result::Ok();
   }
 
-  struct Terminal {
-    int32_t pair;
-    int32_t node;
-  };
   struct Transfer {
     int32_t layer;        // u
     int32_t pair;         // u->w or u->u' arc pair, or -1 for an input
@@ -349,11 +372,11 @@ class Graph {
   std::vector<double> device_, server_, bytes_;
   double all_device_s_ = 0.0;
   std::vector<int32_t> net_, aux_;  // layer -> network node (-1: contracted)
-  std::vector<Terminal> terminals_;
-  std::vector<double> dev_red_, srv_red_;  // reduced terminal capacities
-  double dev_net_ = 0.0, srv_net_ = 0.0;
   std::vector<Transfer> transfers_;
-  std::vector<int32_t> infinite_;
+  std::vector<PushRelabel::Cap> fixed_excess_;  // server units per network node
+  PushRelabel::Cap bound_ = 1;
+  int shift_ = 0;
+  double scale_ = 1.0;  // 2^shift_, or 0 when that is not a normal double
   PushRelabel flow_;
   std::mutex mutex_;
 };

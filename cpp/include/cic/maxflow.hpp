@@ -27,6 +27,8 @@
 // excess can overflow) and uses kInfinity for uncuttable arcs.
 #pragma once
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -49,7 +51,7 @@ class PushRelabel {
   }
 
   // Declares the arc pair tail->head / head->tail; returns its id. Capacities
-  // are set per solve with SetPair. Call before Finalize.
+  // (zero until then) are set with SetPair. Call before Finalize.
   int32_t AddPair(int32_t tail, int32_t head) {
     tails_.push_back(tail);
     heads_.push_back(head);
@@ -70,6 +72,7 @@ class PushRelabel {
     head_.assign(arcs, 0);
     rev_.assign(arcs, 0);
     res_.assign(arcs, 0);
+    cap_.assign(arcs, 0);
     pair_arc_.assign(pairs, 0);
     std::vector<int32_t> fill(first_.begin(), first_.end() - 1);
     for (int32_t p = 0; p < pairs; ++p) {
@@ -82,6 +85,7 @@ class PushRelabel {
       pair_arc_[p] = a;
     }
     excess_.assign(n_, 0);
+    base_excess_.assign(n_, 0);
     label_.assign(n_, 0);
     current_.assign(n_, 0);
     queue_.assign(n_, 0);
@@ -99,21 +103,25 @@ class PushRelabel {
   int32_t num_nodes() const { return n_; }
   int32_t num_pairs() const { return static_cast<int32_t>(pair_arc_.size()); }
 
-  // Sets the residual capacities of pair `pair` (forward = tail->head) and
-  // zeroes nothing else. Every pair must be set before each Solve.
+  // Sets the capacities of pair `pair` (forward = tail->head). They persist
+  // across solves: each Solve starts from these capacities, so a caller
+  // re-solving at a new bandwidth only re-sets the arcs that changed.
   void SetPair(int32_t pair, Cap forward, Cap backward) {
     const int32_t a = pair_arc_[pair];
-    res_[a] = forward;
-    res_[rev_[a]] = backward;
+    cap_[a] = forward;
+    cap_[rev_[a]] = backward;
   }
-  // Sets the initial excess of `node` (its saturated source arc).
-  void SetExcess(int32_t node, Cap excess) { excess_[node] = excess; }
-  void AddExcess(int32_t node, Cap excess) { excess_[node] += excess; }
-  void ClearExcess() { std::fill(excess_.begin(), excess_.end(), Cap{0}); }
+  // Sets the initial excess of `node` (its saturated source arc); persists
+  // across solves like the capacities.
+  void SetExcess(int32_t node, Cap excess) { base_excess_[node] = excess; }
+  void AddExcess(int32_t node, Cap excess) { base_excess_[node] += excess; }
+  void ClearExcess() { std::fill(base_excess_.begin(), base_excess_.end(), Cap{0}); }
 
   // Runs phase one and marks the minimum cut. Returns the cut capacity, i.e.
   // the flow that reached the sink. Allocates nothing.
   Cap Solve() {
+    std::copy(cap_.begin(), cap_.end(), res_.begin());
+    std::copy(base_excess_.begin(), base_excess_.end(), excess_.begin());
     excess_[sink_] = 0;
     GlobalRelabel();
     int64_t work = 0;
@@ -271,7 +279,7 @@ class PushRelabel {
   int32_t sink_ = 0;
   std::vector<int32_t> tails_, heads_;  // pair endpoints until Finalize
   std::vector<int32_t> first_, head_, rev_, pair_arc_;
-  std::vector<Cap> res_, excess_;
+  std::vector<Cap> cap_, res_, base_excess_, excess_;
   std::vector<int32_t> label_, current_, queue_;
   std::vector<int32_t> active_head_, next_active_;
   std::vector<int32_t> all_head_, all_next_, all_prev_;

@@ -1,0 +1,135 @@
+"""The ``cic-fast`` command line.
+
+``cic-fast demo`` partitions a built-in DNN-shaped graph across a sweep of
+bandwidths and prints where the cut falls and what it saves. Model commands
+(``profile``, ``split``) are added by `cic_fast.cli_model` when torch is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from cic_fast.graph import Graph
+from cic_fast.synthetic import KINDS, dnn_graph
+
+__all__ = ["main"]
+
+# DADS's measured links (Mbit/s), then LAN/Wi-Fi-class links.
+_DEFAULT_MBIT = (0.13, 0.5, 1.1, 2.0, 5.85, 18.88, 100.0)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit, scale in (("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _demo(args: argparse.Namespace) -> int:
+    g = dnn_graph(
+        args.layers,
+        kind=args.kind,
+        seed=args.seed,
+        device_slowdown=args.device_slowdown,
+        server_speedup=args.server_speedup,
+    )
+    graph = Graph(g.edges, g.device_s, g.server_s, g.out_bytes)
+    rtt_s = args.rtt_ms / 1e3
+    print(
+        f"{g.name}: {graph.n_nodes} layers, {graph.n_edges} edges; device-only "
+        f"{1e3 * float(g.device_s.sum()):.1f} ms, server {args.server_speedup:g}x faster, "
+        f"rtt {args.rtt_ms:g} ms"
+    )
+    inputs = graph.inputs
+    all_server = np.zeros(graph.n_nodes, dtype=bool)
+    all_server[inputs] = True
+    header = (
+        f"{'Mbit/s':>8} {'on device':>10} {'sent':>10} {'latency ms':>11} "
+        f"{'device-only':>12} {'server-only':>12} {'speedup':>8} {'decide us':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for mbit in args.bandwidth_mbit:
+        bw = mbit * 1e6
+        t0 = time.perf_counter()
+        p = graph.min_cut(bw, rtt_s)
+        decide_us = (time.perf_counter() - t0) * 1e6
+        device_only = graph.evaluate(np.ones(graph.n_nodes, dtype=bool), bw, rtt_s).latency_s
+        server_only = graph.evaluate(all_server, bw, rtt_s).latency_s
+        best_single = min(device_only, server_only)
+        print(
+            f"{mbit:>8g} {p.n_on_device:>6}/{graph.n_nodes:<3} "
+            f"{_fmt_bytes(p.bytes_sent):>10} {1e3 * p.latency_s:>11.2f} "
+            f"{1e3 * device_only:>12.2f} {1e3 * server_only:>12.2f} "
+            f"{best_single / p.latency_s:>7.2f}x {decide_us:>10.1f}"
+        )
+    print(
+        "speedup = min(device-only, server-only) / optimum; "
+        "server-only sends the raw input."
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``cic-fast``."""
+    parser = argparse.ArgumentParser(
+        prog="cic-fast", description="Split DNN inference between an edge device and a server."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser(
+        "demo", help="partition a built-in DNN-shaped graph across a sweep of bandwidths"
+    )
+    demo.add_argument("--layers", type=int, default=400, help="graph size (default 400)")
+    demo.add_argument("--kind", choices=KINDS, default="mixed")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--device-slowdown",
+        type=float,
+        default=10.0,
+        help="device time multiplier over the built-in mobile-CPU costs (default 10: "
+        "a Raspberry-Pi-class device)",
+    )
+    demo.add_argument(
+        "--server-speedup",
+        type=float,
+        default=50.0,
+        help="server speed over the device (default 50: a GPU server)",
+    )
+    demo.add_argument("--rtt-ms", type=float, default=0.0, help="round-trip time in ms")
+    demo.add_argument(
+        "--bandwidth-mbit",
+        type=float,
+        nargs="+",
+        default=list(_DEFAULT_MBIT),
+        help="bandwidths to sweep, in Mbit/s",
+    )
+    demo.set_defaults(func=_demo)
+    try:
+        from cic_fast import cli_model
+    except ImportError:  # the model front end is optional
+        pass
+    else:
+        for name in ("add_profile_parser", "add_split_parser", "add_plan_parser"):
+            add = getattr(cli_model, name, None)
+            if add is not None:
+                add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``cic-fast``; return the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"cic-fast: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
