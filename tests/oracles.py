@@ -160,9 +160,7 @@ def brute_force(
     candidates = masks[valid]
     b = bits[valid]
     # A device node is sent when some successor is on the server (not in the mask).
-    sends = np.stack(
-        [b[:, u] & ((~candidates & succ[u]) != 0) for u in range(n)], axis=1
-    )
+    sends = np.stack([b[:, u] & ((~candidates & succ[u]) != 0) for u in range(n)], axis=1)
     rough = b @ dev + (~b) @ srv + 8.0 * (sends @ size) / bandwidth_bps
     rough = rough + np.where(b.all(axis=1), 0.0, rtt_s)
     # Re-price the near-optimal ones exactly; the matrix products above round differently.
@@ -179,11 +177,22 @@ def dads_network(
     server_s: ArrayLike,
     out_bytes: ArrayLike,
     bandwidth_bps: float,
+    *,
+    closure: bool = True,
+    pin_inputs: bool = True,
 ) -> tuple[nx.DiGraph, Any, Any]:
     """The DESIGN.md min-cut network with integer capacities.
 
     Source side = device. Node ``("v", i)`` is layer i, ``("aux", u)`` carries u's
     upload once however many server-side successors read it.
+
+    Parameters
+    ----------
+    edges, device_s, server_s, out_bytes, bandwidth_bps
+        As in `latency_of`.
+    closure, pin_inputs : bool
+        Leave out the closure edges or the input pinning (plain DADS), to show
+        that a hand-drawn test case depends on them.
 
     Returns
     -------
@@ -210,13 +219,40 @@ def dads_network(
     for i in range(n):
         g.add_edge(("v", i), t, capacity=caps[i])
         # Pinning: a model input's data lives on the device; it cannot run on the server.
-        g.add_edge(s, ("v", i), capacity=inf if not has_pred[i] else caps[n + i])
+        pinned = pin_inputs and not has_pred[i]
+        g.add_edge(s, ("v", i), capacity=inf if pinned else caps[n + i])
     for u, w in e.tolist():
         g.add_edge(("v", u), ("aux", u), capacity=caps[2 * n + u])
         g.add_edge(("aux", u), ("v", w), capacity=inf)
-        # Closure: w on the device forces u on the device (no server -> device flow).
-        g.add_edge(("v", w), ("v", u), capacity=inf)
+        if closure:
+            # w on the device forces u on the device (no server -> device flow).
+            g.add_edge(("v", w), ("v", u), capacity=inf)
     return g, s, t
+
+
+def networkx_cut(
+    edges: ArrayLike,
+    device_s: ArrayLike,
+    server_s: ArrayLike,
+    out_bytes: ArrayLike,
+    bandwidth_bps: float,
+    **network: bool,
+) -> tuple[float, np.ndarray]:
+    """Min cut of `dads_network` (options passed on): its value in seconds and source side.
+
+    The value is the fixed-point cut value scaled back, accurate to ~1e-20 relative.
+    """
+    _, dev, srv, size = _arrays(edges, device_s, server_s, out_bytes)
+    g, s, t = dads_network(edges, dev, srv, size, bandwidth_bps, **network)
+    value, (source_side, _) = nx.minimum_cut(g, s, t)
+    on_device = np.zeros(len(dev), dtype=bool)
+    for node in source_side:
+        if isinstance(node, tuple) and node[0] == "v":
+            on_device[node[1]] = True
+    transfer = 8.0 * size / bandwidth_bps
+    total = math.fsum(dev.tolist()) + math.fsum(srv.tolist()) + math.fsum(transfer.tolist())
+    exp = _TOTAL_BITS - (math.frexp(total)[1] if total > 0 else 0)
+    return math.ldexp(value, -exp), on_device
 
 
 def networkx_optimum(
@@ -242,12 +278,7 @@ def networkx_optimum(
     """
     e, dev, srv, size = _arrays(edges, device_s, server_s, out_bytes)
     n = len(dev)
-    g, s, t = dads_network(e, dev, srv, size, bandwidth_bps)
-    _, (source_side, _) = nx.minimum_cut(g, s, t)
-    on_device = np.zeros(n, dtype=bool)
-    for node in source_side:
-        if isinstance(node, tuple) and node[0] == "v":
-            on_device[node[1]] = True
+    _, on_device = networkx_cut(e, dev, srv, size, bandwidth_bps)
     if not is_valid_partition(on_device, e):
         raise AssertionError("networkx returned an invalid cut: the oracle is broken")
     best = latency_of(on_device, e, dev, srv, size, bandwidth_bps, rtt_s)

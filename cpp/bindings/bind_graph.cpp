@@ -106,6 +106,23 @@ void BindGraph(py::module_& m) {
                                for (size_t i = 0; i < in.size(); ++i) a.mutable_data()[i] = in[i];
                                return a;
                              })
+      .def_property_readonly("edges",
+                             [](const cic::Graph& g) {
+                               const cic::Dag& d = g.dag();
+                               Int64Array a({static_cast<py::ssize_t>(d.num_edges()),
+                                             static_cast<py::ssize_t>(2)});
+                               int64_t* out = a.mutable_data();
+                               for (int32_t u = 0; u < d.num_nodes(); ++u) {
+                                 for (const int32_t* w = d.succ_begin(u); w != d.succ_end(u); ++w) {
+                                   *out++ = u;
+                                   *out++ = *w;
+                                 }
+                               }
+                               return a;
+                             })
+      .def_property_readonly("device_s", [](const cic::Graph& g) { return F64Array(g.device_s().size(), g.device_s().data()); })
+      .def_property_readonly("server_s", [](const cic::Graph& g) { return F64Array(g.server_s().size(), g.server_s().data()); })
+      .def_property_readonly("out_bytes", [](const cic::Graph& g) { return F64Array(g.out_bytes().size(), g.out_bytes().data()); })
       .def_property_readonly("network_nodes", &cic::Graph::network_nodes)
       .def_property_readonly("network_arc_pairs", &cic::Graph::network_arc_pairs);
 }

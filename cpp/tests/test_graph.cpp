@@ -144,3 +144,42 @@ TEST_CASE("graph: extreme magnitudes stay exact or report overflow") {
   CHECK(r.status() == cic::Status::kIntOverflow);
   CHECK(r.message().find("overflow") != std::string::npos);
 }
+
+TEST_CASE("graph: chain and bypass reductions agree with the plain network") {
+  cic_test::Rng rng(11);
+  for (int trial = 0; trial < 300; ++trial) {
+    // A long chain with side branches and skips, so chains, bypassed edges
+    // and auxiliary nodes all occur.
+    Problem p;
+    p.n = 6 + rng.Below(40);
+    for (int32_t v = 1; v < p.n; ++v) {
+      p.edges.push_back(v - 1);
+      p.edges.push_back(v);
+      if (v >= 3 && rng.Uniform() < 0.15) {
+        p.edges.push_back(v - 3 - rng.Below(std::min<int32_t>(v - 2, 8)));
+        p.edges.push_back(v);
+      }
+    }
+    for (int32_t v = 0; v < p.n; ++v) {
+      p.device.push_back(rng.Uniform() < 0.1 ? 0.0 : rng.Uniform() * 0.05);
+      p.server.push_back(rng.Uniform() < 0.1 ? 0.0 : rng.Uniform() * 0.005);
+      p.bytes.push_back(rng.Uniform() < 0.1 ? 0.0 : std::pow(10.0, 2.0 + 4.0 * rng.Uniform()));
+    }
+    cic::Graph reduced, plain;
+    cic::Dag d1, d2;
+    REQUIRE(cic::Dag::Build(p.n, p.edges.data(), static_cast<int64_t>(p.edges.size() / 2), &d1).ok());
+    REQUIRE(cic::Dag::Build(p.n, p.edges.data(), static_cast<int64_t>(p.edges.size() / 2), &d2).ok());
+    REQUIRE(cic::Graph::Create(std::move(d1), p.device.data(), p.server.data(), p.bytes.data(), &reduced, true).ok());
+    REQUIRE(cic::Graph::Create(std::move(d2), p.device.data(), p.server.data(), p.bytes.data(), &plain, false).ok());
+    CHECK(reduced.network_arc_pairs() <= plain.network_arc_pairs());
+    for (int k = 0; k < 5; ++k) {
+      const double bw = std::pow(10.0, 3.0 + 8.0 * rng.Uniform());
+      const double rtt = k == 4 ? 0.01 : 0.0;
+      cic::Breakdown a, b;
+      const auto on_a = Solve(reduced, bw, rtt, &a);
+      const auto on_b = Solve(plain, bw, rtt, &b);
+      REQUIRE(reduced.CheckPartition(on_a.data()).ok());
+      CHECK(a.latency_s == doctest::Approx(b.latency_s).epsilon(1e-12));
+    }
+  }
+}

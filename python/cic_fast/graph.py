@@ -50,6 +50,8 @@ def _as_vector(values: Any, name: str) -> npt.NDArray[np.float64]:
 
 
 def _as_real(value: Any, name: str) -> float:
+    if type(value) is float:  # the common case, checked first: this is on the hot path
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     return float(value)
@@ -71,7 +73,10 @@ def _as_partition(on_device: Any, n: int) -> npt.NDArray[np.bool_]:
 
 
 def _pack(t: tuple[Any, ...], bandwidth_bps: float) -> Partition:
-    return Partition(t[0], t[2], t[3], t[4], t[5], t[6], int(t[7]), t[1], bandwidth_bps)
+    on_device, sent, latency, device, transfer, server, rtt, nbytes = t
+    return Partition._make(
+        on_device, latency, device, transfer, server, rtt, int(nbytes), sent, bandwidth_bps
+    )
 
 
 class Graph:
@@ -104,23 +109,17 @@ class Graph:
     [True, True, False]
     """
 
-    __slots__ = ("_core", "device_s", "edges", "inputs", "out_bytes", "server_s")
+    __slots__ = ("_core",)
 
     def __init__(self, edges: Any, device_s: Any, server_s: Any, out_bytes: Any) -> None:
-        e = _as_edges(edges)
-        d = _as_vector(device_s, "device_s")
-        s = _as_vector(server_s, "server_s")
-        b = _as_vector(out_bytes, "out_bytes")
-        self._core = _core.Graph(e, d, s, b)
-        for a in (e, d, s, b):
-            a.flags.writeable = False
-        #: The edges as given (int64, shape (E, 2)), read-only.
-        self.edges: npt.NDArray[np.int64] = e
-        self.device_s: npt.NDArray[np.float64] = d
-        self.server_s: npt.NDArray[np.float64] = s
-        self.out_bytes: npt.NDArray[np.float64] = b
-        #: Indices of the nodes with no in-edge (the model inputs).
-        self.inputs: npt.NDArray[np.int64] = self._core.inputs
+        # The core copies what it keeps, so later changes to the caller's
+        # arrays cannot desynchronise it.
+        self._core = _core.Graph(
+            _as_edges(edges),
+            _as_vector(device_s, "device_s"),
+            _as_vector(server_s, "server_s"),
+            _as_vector(out_bytes, "out_bytes"),
+        )
 
     @property
     def n_nodes(self) -> int:
@@ -131,6 +130,36 @@ class Graph:
     def n_edges(self) -> int:
         """Number of distinct edges."""
         return int(self._core.n_edges)
+
+    @property
+    def edges(self) -> npt.NDArray[np.int64]:
+        """The distinct edges, shape (E, 2), grouped by source node (a copy)."""
+        return self._core.edges
+
+    @property
+    def inputs(self) -> npt.NDArray[np.int64]:
+        """Indices of the nodes with no in-edge (the model inputs), ascending."""
+        return self._core.inputs
+
+    @property
+    def device_s(self) -> npt.NDArray[np.float64]:
+        """Per-layer device seconds (a copy)."""
+        return self._core.device_s
+
+    @property
+    def server_s(self) -> npt.NDArray[np.float64]:
+        """Per-layer server seconds (a copy)."""
+        return self._core.server_s
+
+    @property
+    def out_bytes(self) -> npt.NDArray[np.float64]:
+        """Per-layer output bytes (a copy)."""
+        return self._core.out_bytes
+
+    @property
+    def network_size(self) -> tuple[int, int]:
+        """Nodes and arc pairs of the flow network the solver runs on."""
+        return int(self._core.network_nodes), int(self._core.network_arc_pairs)
 
     def min_cut(self, bandwidth_bps: float, rtt_s: float = 0.0) -> Partition:
         """Return the exact latency-optimal partition at one bandwidth.

@@ -318,7 +318,11 @@ def _chain_model(b: _Builder, x: int, body_end: int, joins: _Joins) -> int:
         if step == 0:
             x = b.conv(x, widths[stage], 3)
         else:
-            x = b.maybe_passthrough(b.eltwise((x,)), 0.03) if b.n + 1 < body_end else b.eltwise((x,))
+            x = (
+                b.maybe_passthrough(b.eltwise((x,)), 0.03)
+                if b.n + 1 < body_end
+                else b.eltwise((x,))
+            )
     return x
 
 

@@ -41,87 +41,96 @@ class Dag {
                               " out of range");
     }
     const int32_t n = static_cast<int32_t>(num_nodes);
-    for (int64_t i = 0; i < num_edges; ++i) {
+    const int32_t m = static_cast<int32_t>(num_edges);
+    Dag& g = *out;
+    g.n_ = n;
+    // One pass validates and counts out-degrees.
+    g.succ_start_.assign(static_cast<size_t>(n) + 1, 0);
+    int32_t* count = g.succ_start_.data() + 1;
+    for (int32_t i = 0; i < m; ++i) {
       const int64_t u = edges[2 * i], v = edges[2 * i + 1];
-      if (u < 0 || u >= n || v < 0 || v >= n) {
-        return Result::BadInput("edge " + std::to_string(i) + " (" +
-                                std::to_string(u) + ", " + std::to_string(v) +
-                                "): node index out of range [0, " +
+      if (static_cast<uint64_t>(u) >= static_cast<uint64_t>(n) ||
+          static_cast<uint64_t>(v) >= static_cast<uint64_t>(n)) {
+        return Result::BadInput("edge " + std::to_string(i) + " (" + std::to_string(u) + ", " +
+                                std::to_string(v) + "): node index out of range [0, " +
                                 std::to_string(n) + ")");
       }
       if (u == v) {
         return Result::BadInput("graph has a cycle: edge " + std::to_string(i) +
                                 " is a self-loop on node " + std::to_string(u));
       }
+      ++count[u];
     }
-    Dag& g = *out;
-    g.n_ = n;
-    // Successor CSR by counting sort on u, then in-place de-duplication with a
-    // per-node stamp (last u that wrote v), which keeps first-seen order.
-    g.succ_start_.assign(static_cast<size_t>(n) + 1, 0);
-    for (int64_t i = 0; i < num_edges; ++i) ++g.succ_start_[edges[2 * i] + 1];
     for (int32_t v = 0; v < n; ++v) g.succ_start_[v + 1] += g.succ_start_[v];
-    std::vector<int32_t> raw(static_cast<size_t>(num_edges));
+    // Successor CSR by counting sort on u, filled back to front so that the
+    // offsets end up as the row starts without a second array.
+    g.succ_.resize(static_cast<size_t>(m));
     {
-      std::vector<int64_t> fill(g.succ_start_.begin(), g.succ_start_.end() - 1);
-      for (int64_t i = 0; i < num_edges; ++i) {
-        raw[fill[edges[2 * i]]++] = static_cast<int32_t>(edges[2 * i + 1]);
+      std::vector<int32_t>& end = g.succ_start_;  // row ends before this loop
+      for (int32_t i = m - 1; i >= 0; --i) {
+        g.succ_[--end[edges[2 * i] + 1]] = static_cast<int32_t>(edges[2 * i + 1]);
       }
+      // end[u + 1] now holds the start of row u; shift back by one.
+      for (int32_t v = 0; v < n; ++v) end[v] = end[v + 1];
+      end[n] = m;
     }
+    // De-duplicate each row in place with a per-node stamp (keeps first-seen
+    // order) and count in-degrees.
     std::vector<int32_t> stamp(n, -1);
-    g.succ_.clear();
-    g.succ_.reserve(raw.size());
-    std::vector<int64_t> start(static_cast<size_t>(n) + 1, 0);
+    g.pred_start_.assign(static_cast<size_t>(n) + 1, 0);
+    int32_t* indeg = g.pred_start_.data() + 1;
+    int32_t write = 0;
     for (int32_t u = 0; u < n; ++u) {
-      start[u] = static_cast<int64_t>(g.succ_.size());
-      for (int64_t k = g.succ_start_[u]; k < g.succ_start_[u + 1]; ++k) {
-        const int32_t v = raw[k];
+      const int32_t begin = g.succ_start_[u], end = g.succ_start_[u + 1];
+      g.succ_start_[u] = write;
+      for (int32_t k = begin; k < end; ++k) {
+        const int32_t v = g.succ_[k];
         if (stamp[v] != u) {
           stamp[v] = u;
-          g.succ_.push_back(v);
+          g.succ_[write++] = v;
+          ++indeg[v];
         }
       }
     }
-    start[n] = static_cast<int64_t>(g.succ_.size());
-    g.succ_start_.swap(start);
-
-    // Predecessor CSR from the de-duplicated successor lists.
-    g.pred_start_.assign(static_cast<size_t>(n) + 1, 0);
-    for (int32_t v : g.succ_) ++g.pred_start_[v + 1];
+    g.succ_start_[n] = write;
+    g.succ_.resize(static_cast<size_t>(write));
+    // Predecessor CSR, and Kahn's algorithm on the way: `left` counts the
+    // unprocessed predecessors of each node.
+    std::vector<int32_t> left(indeg, indeg + n);
     for (int32_t v = 0; v < n; ++v) g.pred_start_[v + 1] += g.pred_start_[v];
-    g.pred_.assign(g.succ_.size(), 0);
+    g.pred_.resize(static_cast<size_t>(write));
     {
-      std::vector<int64_t> fill(g.pred_start_.begin(), g.pred_start_.end() - 1);
+      std::vector<int32_t>& fill = stamp;  // reused as the fill cursor
+      for (int32_t v = 0; v < n; ++v) fill[v] = g.pred_start_[v];
       for (int32_t u = 0; u < n; ++u) {
-        for (int64_t k = g.succ_start_[u]; k < g.succ_start_[u + 1]; ++k) {
+        for (int32_t k = g.succ_start_[u]; k < g.succ_start_[u + 1]; ++k) {
           g.pred_[fill[g.succ_[k]]++] = u;
         }
       }
     }
-
-    // Kahn's algorithm; nodes left over lie on or after a cycle.
-    std::vector<int64_t> indeg(n);
     g.inputs_.clear();
+    g.topo_.clear();
+    g.topo_.reserve(static_cast<size_t>(n));
     for (int32_t v = 0; v < n; ++v) {
-      indeg[v] = g.pred_start_[v + 1] - g.pred_start_[v];
-      if (indeg[v] == 0) g.inputs_.push_back(v);
+      if (left[v] == 0) {
+        g.inputs_.push_back(v);
+        g.topo_.push_back(v);
+      }
     }
-    g.topo_.assign(g.inputs_.begin(), g.inputs_.end());
-    g.topo_.reserve(n);
     for (size_t head = 0; head < g.topo_.size(); ++head) {
       const int32_t u = g.topo_[head];
-      for (int64_t k = g.succ_start_[u]; k < g.succ_start_[u + 1]; ++k) {
-        if (--indeg[g.succ_[k]] == 0) g.topo_.push_back(g.succ_[k]);
+      for (int32_t k = g.succ_start_[u]; k < g.succ_start_[u + 1]; ++k) {
+        if (--left[g.succ_[k]] == 0) g.topo_.push_back(g.succ_[k]);
       }
     }
     if (static_cast<int32_t>(g.topo_.size()) != n) {
       // Walk back along unfinished predecessors: after n steps we are on a
       // cycle, so the node we name really lies on one.
       int32_t v = 0;
-      while (indeg[v] == 0) ++v;
+      while (left[v] == 0) ++v;
       for (int32_t step = 0; step < n; ++step) {
-        for (int64_t k = g.pred_start_[v]; k < g.pred_start_[v + 1]; ++k) {
-          if (indeg[g.pred_[k]] > 0) {
+        for (int32_t k = g.pred_start_[v]; k < g.pred_start_[v + 1]; ++k) {
+          if (left[g.pred_[k]] > 0) {
             v = g.pred_[k];
             break;
           }
@@ -154,7 +163,7 @@ class Dag {
 
  private:
   int32_t n_ = 0;
-  std::vector<int64_t> succ_start_, pred_start_;
+  std::vector<int32_t> succ_start_, pred_start_;
   std::vector<int32_t> succ_, pred_, inputs_, topo_;
 };
 

@@ -18,13 +18,20 @@
 // label k, no node above k can reach t), and global relabelling by a reverse
 // breadth-first search from t, at start and after O(N + A) relabel work.
 //
-// The source is implicit: the caller states the initial excess of every node,
-// i.e. the capacities of the (saturated) source arcs. Phase one never pushes
-// flow back to s, so source arcs are never needed again.
+// Direction. Phase one's cost is dominated by excess that cannot reach the
+// sink: it climbs label by label until the gap or a global relabel strands
+// it. The excess that enters is the capacity leaving s, so the amount
+// stranded is (capacity out of s) - (min cut). Solving the reversed network
+// (every arc reversed, t as source, s as sink) has the same min cuts (a cut
+// (X, Y) of G has the capacity of (Y, X) in the reverse) and strands
+// (capacity into t) - (min cut) instead. Solve picks the side with less to
+// strand; on a DNN at a slow link, where the answer is "keep everything on
+// the device", the reversed solve strands nothing and sweeps the DAG once.
 //
 // Capacities are int64 and exact. The caller guarantees the sum of all
-// initial excesses and finite capacities stays below 2^61 (so no residual or
-// excess can overflow) and uses kInfinity for uncuttable arcs.
+// finite capacities stays below 2^61 (so no residual or excess can
+// overflow), that arcs at s and t are finite, and uses kInfinity for
+// uncuttable arcs.
 #pragma once
 
 #include <algorithm>
@@ -42,9 +49,11 @@ class PushRelabel {
   // receive every unit of flow in the network.
   static constexpr Cap kInfinity = Cap{1} << 62;
 
-  // Starts a network of `num_nodes` nodes (0..num_nodes-1) with sink `sink`.
-  void Reset(int32_t num_nodes, int32_t sink) {
+  // Starts a network of `num_nodes` nodes (0..num_nodes-1) with source
+  // `source` and sink `sink`.
+  void Reset(int32_t num_nodes, int32_t source, int32_t sink) {
     n_ = num_nodes;
+    source_ = source;
     sink_ = sink;
     tails_.clear();
     heads_.clear();
@@ -85,7 +94,6 @@ class PushRelabel {
       pair_arc_[p] = a;
     }
     excess_.assign(n_, 0);
-    base_excess_.assign(n_, 0);
     label_.assign(n_, 0);
     current_.assign(n_, 0);
     queue_.assign(n_, 0);
@@ -111,18 +119,34 @@ class PushRelabel {
     cap_[a] = forward;
     cap_[rev_[a]] = backward;
   }
-  // Sets the initial excess of `node` (its saturated source arc); persists
-  // across solves like the capacities.
-  void SetExcess(int32_t node, Cap excess) { base_excess_[node] = excess; }
-  void AddExcess(int32_t node, Cap excess) { base_excess_[node] += excess; }
-  void ClearExcess() { std::fill(base_excess_.begin(), base_excess_.end(), Cap{0}); }
+  enum class Direction { kAuto, kForward, kReverse };
 
-  // Runs phase one and marks the minimum cut. Returns the cut capacity, i.e.
-  // the flow that reached the sink. Allocates nothing.
-  Cap Solve() {
-    std::copy(cap_.begin(), cap_.end(), res_.begin());
-    std::copy(base_excess_.begin(), base_excess_.end(), excess_.begin());
-    excess_[sink_] = 0;
+  // Runs phase one (on the reversed network if `direction` says so or, for
+  // kAuto, if less capacity enters t than leaves s) and marks the minimum
+  // cut. Returns its capacity. Allocates nothing.
+  Cap Solve(Direction direction = Direction::kAuto) {
+    Cap out_of_source = 0, into_sink = 0;
+    for (int32_t a = first_[source_]; a < first_[source_ + 1]; ++a) out_of_source += cap_[a];
+    for (int32_t a = first_[sink_]; a < first_[sink_ + 1]; ++a) into_sink += cap_[rev_[a]];
+    reversed_ = direction == Direction::kReverse ||
+                (direction == Direction::kAuto && into_sink < out_of_source);
+    if (reversed_) {
+      for (size_t a = 0; a < res_.size(); ++a) res_[a] = cap_[rev_[a]];
+      src_ = sink_;
+      dst_ = source_;
+    } else {
+      std::copy(cap_.begin(), cap_.end(), res_.begin());
+      src_ = source_;
+      dst_ = sink_;
+    }
+    std::fill(excess_.begin(), excess_.end(), Cap{0});
+    for (int32_t a = first_[src_]; a < first_[src_ + 1]; ++a) {
+      const Cap delta = res_[a];
+      res_[a] = 0;
+      res_[rev_[a]] += delta;
+      excess_[head_[a]] += delta;
+    }
+    excess_[src_] = 0;
     GlobalRelabel();
     int64_t work = 0;
     const int64_t relabel_period =
@@ -141,26 +165,30 @@ class PushRelabel {
       }
     }
     MarkSinkSide();
-    return excess_[sink_];
+    return excess_[dst_];
   }
 
-  // After Solve: true if `node` is on the source side of the minimum cut,
-  // i.e. cannot reach the sink in the final residual graph. This is the
-  // minimum cut with the largest source side.
-  bool OnSourceSide(int32_t node) const { return label_[node] == n_; }
+  // After Solve: true if `node` is on the source side of the minimum cut
+  // found. A forward solve gives the cut with the largest source side, a
+  // reversed one the cut with the smallest.
+  bool OnSourceSide(int32_t node) const { return (label_[node] == n_) != reversed_; }
+  // Whether the last Solve ran on the reversed network.
+  bool reversed() const { return reversed_; }
 
  private:
   // Reverse BFS from the sink over residual arcs; unreached nodes get label
-  // n_ (they cannot reach the sink). Rebuilds the buckets.
+  // n_ (they cannot reach the sink). Rebuilds the buckets. The source is
+  // never labelled: it must not receive pushes in phase one.
   void GlobalRelabel() {
     std::fill(label_.begin(), label_.end(), n_);
     std::fill(active_head_.begin(), active_head_.end(), -1);
     std::fill(all_head_.begin(), all_head_.end(), -1);
     max_active_ = -1;
     max_label_ = 0;
-    label_[sink_] = 0;
+    label_[dst_] = 0;
+    label_[src_] = n_ + 1;  // unreachable marker, reset below
     int32_t qh = 0, qt = 0;
-    queue_[qt++] = sink_;
+    queue_[qt++] = dst_;
     while (qh < qt) {
       const int32_t w = queue_[qh++];
       const int32_t dw = label_[w] + 1;
@@ -172,6 +200,7 @@ class PushRelabel {
         }
       }
     }
+    label_[src_] = n_;
     for (int32_t i = 1; i < qt; ++i) {
       const int32_t v = queue_[i];
       const int32_t d = label_[v];
@@ -181,12 +210,13 @@ class PushRelabel {
     }
   }
 
-  // Final reverse BFS: label_ == n_ marks the source side.
+  // Final reverse BFS: label_ == n_ marks the nodes that cannot reach dst_.
   void MarkSinkSide() {
     std::fill(label_.begin(), label_.end(), n_);
-    label_[sink_] = 0;
+    label_[dst_] = 0;
+    label_[src_] = n_ + 1;
     int32_t qh = 0, qt = 0;
-    queue_[qt++] = sink_;
+    queue_[qt++] = dst_;
     while (qh < qt) {
       const int32_t w = queue_[qh++];
       for (int32_t a = first_[w]; a < first_[w + 1]; ++a) {
@@ -197,6 +227,7 @@ class PushRelabel {
         }
       }
     }
+    label_[src_] = n_;
   }
 
   void LinkActive(int32_t v, int32_t d) {
@@ -235,7 +266,7 @@ class PushRelabel {
         res_[a] -= delta;
         res_[rev_[a]] += delta;
         excess_[v] -= delta;
-        if (excess_[w] == 0 && w != sink_) LinkActive(w, d - 1);
+        if (excess_[w] == 0 && w != dst_) LinkActive(w, d - 1);
         excess_[w] += delta;
         if (excess_[v] == 0) {
           current_[v] = a;
@@ -276,10 +307,12 @@ class PushRelabel {
   }
 
   int32_t n_ = 0;
-  int32_t sink_ = 0;
+  int32_t source_ = 0, sink_ = 0;  // as built
+  int32_t src_ = 0, dst_ = 0;      // as solved (swapped when reversed)
+  bool reversed_ = false;
   std::vector<int32_t> tails_, heads_;  // pair endpoints until Finalize
   std::vector<int32_t> first_, head_, rev_, pair_arc_;
-  std::vector<Cap> cap_, res_, base_excess_, excess_;
+  std::vector<Cap> cap_, res_, excess_;
   std::vector<int32_t> label_, current_, queue_;
   std::vector<int32_t> active_head_, next_active_;
   std::vector<int32_t> all_head_, all_next_, all_prev_;
