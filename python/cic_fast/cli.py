@@ -68,10 +68,7 @@ def _demo(args: argparse.Namespace) -> int:
             f"{1e3 * device_only:>12.2f} {1e3 * server_only:>12.2f} "
             f"{best_single / p.latency_s:>7.2f}x {decide_us:>10.1f}"
         )
-    print(
-        "speedup = min(device-only, server-only) / optimum; "
-        "server-only sends the raw input."
-    )
+    print("speedup = min(device-only, server-only) / optimum; server-only sends the raw input.")
     return 0
 
 

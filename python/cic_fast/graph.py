@@ -215,8 +215,7 @@ class Graph:
 
     def __repr__(self) -> str:
         return (
-            f"Graph(n_nodes={self.n_nodes}, n_edges={self.n_edges}, "
-            f"inputs={self.inputs.tolist()})"
+            f"Graph(n_nodes={self.n_nodes}, n_edges={self.n_edges}, inputs={self.inputs.tolist()})"
         )
 
 

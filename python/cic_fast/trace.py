@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import operator
 import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -71,7 +70,9 @@ class TracedProgram:
     in_spec: Any = None
     out_spec: Any = None
 
-    def flatten_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> list[Any]:
+    def flatten_inputs(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None
+    ) -> list[Any]:
         """Map the model's call arguments onto the program's placeholders."""
         if self.in_spec is None:
             if kwargs:
@@ -241,11 +242,14 @@ class LayerGraph:
             f"{self.flops.sum() / 1e9:.3f} GFLOPs, "
             f"input bytes {int(self.out_bytes[self.inputs].sum())}"
         )
-        rows = [f"{'#':>4} {'name':<28} {'op':<13} {'target':<28} {'output':<22} {'bytes':>10} {'MFLOP':>9}"]
+        rows = [
+            f"{'#':>4} {'name':<28} {'op':<13} {'target':<28} {'output':<22} "
+            f"{'bytes':>10} {'MFLOP':>9}"
+        ]
         idx = list(range(self.n_nodes))
         if max_rows is not None and len(idx) > max_rows:
             half = max_rows // 2
-            idx = idx[:half] + [-1] + idx[-half:]
+            idx = [*idx[:half], -1, *idx[-half:]]
         for i in idx:
             if i < 0:
                 rows.append(f"{'...':>4}")
@@ -279,6 +283,11 @@ def _user_frame(exc: BaseException) -> str:
         return ""
     f = frames[-1]
     return f" at {f.filename}:{f.lineno} `{(f.line or '').strip()}`"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 def trace(model: torch.nn.Module, example_inputs: Any, *, method: str = "auto") -> LayerGraph:
@@ -324,8 +333,8 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, method: str = "auto") 
         try:
             gm = fx.symbolic_trace(model)
             used = "fx"
-        except Exception as e:  # noqa: BLE001 - any tracer failure means: try the next one
-            failures.append(f"torch.fx failed{_user_frame(e)}: {type(e).__name__}: {e}")
+        except Exception as e:
+            failures.append(f"torch.fx failed{_user_frame(e)}: {_first_line(e)}")
     if gm is None and method in ("auto", "export"):
         try:
             ep = torch.export.export(model, args, strict=False)
@@ -334,8 +343,8 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, method: str = "auto") 
             if info is not None:
                 in_spec, out_spec = info.in_spec, info.out_spec
             used = "export"
-        except Exception as e:  # noqa: BLE001
-            failures.append(f"torch.export failed{_user_frame(e)}: {type(e).__name__}: {e}")
+        except Exception as e:
+            failures.append(f"torch.export failed{_user_frame(e)}: {_first_line(e)}")
     if gm is None:
         raise TraceError("could not trace the model; " + "; ".join(failures))
     return _build(gm, args, used, in_spec, out_spec)
@@ -346,7 +355,7 @@ def _leaves(value: Any) -> list[Any]:
 
     try:
         return _pytree.tree_leaves(value)
-    except Exception:  # noqa: BLE001 - an exotic container: treat it as one opaque leaf
+    except Exception:
         return [value]
 
 
@@ -354,9 +363,7 @@ def tensor_bytes(value: Any) -> int:
     """Bytes of all tensors in a (possibly nested) value; other leaves count 0."""
     import torch
 
-    return sum(
-        t.numel() * t.element_size() for t in _leaves(value) if isinstance(t, torch.Tensor)
-    )
+    return sum(t.numel() * t.element_size() for t in _leaves(value) if isinstance(t, torch.Tensor))
 
 
 def _describe(value: Any) -> str:
@@ -379,7 +386,7 @@ def _describe(value: Any) -> str:
 
 def target_name(node: fx.Node) -> str:
     """A stable string for what a node calls."""
-    t = node.target
+    t: Any = node.target
     if isinstance(t, str):
         return t
     mod = getattr(t, "__module__", None) or ""
@@ -401,15 +408,16 @@ def fetch_attr(gm: Any, target: str) -> Any:
 
 def run_node(gm: Any, node: fx.Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Execute one fx node with already-evaluated arguments."""
+    target: Any = node.target
     if node.op == "call_function":
-        return node.target(*args, **kwargs)
+        return target(*args, **kwargs)
     if node.op == "call_method":
         self_obj, *rest = args
-        return getattr(self_obj, node.target)(*rest, **kwargs)
+        return getattr(self_obj, target)(*rest, **kwargs)
     if node.op == "call_module":
-        return gm.get_submodule(node.target)(*args, **kwargs)
+        return gm.get_submodule(target)(*args, **kwargs)
     if node.op == "get_attr":
-        return fetch_attr(gm, node.target)
+        return fetch_attr(gm, target)
     raise ValueError(f"cannot run node of op {node.op!r}")
 
 
@@ -532,7 +540,9 @@ def _build(gm: Any, args: tuple[Any, ...], method: str, in_spec: Any, out_spec: 
 
     program.fx_nodes = kept
     program.mutates = {
-        index[m]: tuple(sorted(vs, key=order.__getitem__)) for m, vs in mutated.items() if m in index
+        index[m]: tuple(sorted(vs, key=order.__getitem__))
+        for m, vs in mutated.items()
+        if m in index
     }
     out_bytes = np.array(
         [0 if n is out_node else tensor_bytes(env[n]) for n in kept], dtype=np.int64
@@ -557,7 +567,3 @@ def _version(t: Any) -> int | None:
         return int(t._version)
     except RuntimeError:
         return None
-
-
-# operator is imported for users of target_name's output ("operator.getitem")
-_ = operator

@@ -2,7 +2,7 @@
 //
 // Nodes are layers 0..n-1; an edge (u, v) means v consumes u's output. The
 // DAG is validated once (indices in range, no self-loop, no cycle) and stored
-// with duplicate edges removed, as successor and predecessor CSR arrays plus a
+// with duplicate edges removed, as successor CSR arrays, in-degrees and a
 // topological order. Duplicates are legal input (a layer that reads the same
 // tensor twice, e.g. `x * x`) but the cost model sends an output once, so they
 // carry no information.
@@ -77,8 +77,7 @@ class Dag {
     // De-duplicate each row in place with a per-node stamp (keeps first-seen
     // order) and count in-degrees.
     std::vector<int32_t> stamp(n, -1);
-    g.pred_start_.assign(static_cast<size_t>(n) + 1, 0);
-    int32_t* indeg = g.pred_start_.data() + 1;
+    g.indeg_.assign(static_cast<size_t>(n), 0);
     int32_t write = 0;
     for (int32_t u = 0; u < n; ++u) {
       const int32_t begin = g.succ_start_[u], end = g.succ_start_[u + 1];
@@ -88,26 +87,15 @@ class Dag {
         if (stamp[v] != u) {
           stamp[v] = u;
           g.succ_[write++] = v;
-          ++indeg[v];
+          ++g.indeg_[v];
         }
       }
     }
     g.succ_start_[n] = write;
     g.succ_.resize(static_cast<size_t>(write));
-    // Predecessor CSR, and Kahn's algorithm on the way: `left` counts the
-    // unprocessed predecessors of each node.
-    std::vector<int32_t> left(indeg, indeg + n);
-    for (int32_t v = 0; v < n; ++v) g.pred_start_[v + 1] += g.pred_start_[v];
-    g.pred_.resize(static_cast<size_t>(write));
-    {
-      std::vector<int32_t>& fill = stamp;  // reused as the fill cursor
-      for (int32_t v = 0; v < n; ++v) fill[v] = g.pred_start_[v];
-      for (int32_t u = 0; u < n; ++u) {
-        for (int32_t k = g.succ_start_[u]; k < g.succ_start_[u + 1]; ++k) {
-          g.pred_[fill[g.succ_[k]]++] = u;
-        }
-      }
-    }
+    // Kahn's algorithm: `left` counts the unprocessed predecessors.
+    std::vector<int32_t>& left = stamp;  // reused
+    left.assign(g.indeg_.begin(), g.indeg_.end());
     g.inputs_.clear();
     g.topo_.clear();
     g.topo_.reserve(static_cast<size_t>(n));
@@ -126,12 +114,21 @@ class Dag {
     if (static_cast<int32_t>(g.topo_.size()) != n) {
       // Walk back along unfinished predecessors: after n steps we are on a
       // cycle, so the node we name really lies on one.
+      // (Error path only: predecessor lists are built just for this walk.)
+      std::vector<int32_t> pred_start(static_cast<size_t>(n) + 1, 0), pred(g.succ_.size());
+      for (int32_t v = 0; v < n; ++v) pred_start[v + 1] = pred_start[v] + g.indeg_[v];
+      std::vector<int32_t> fill(pred_start.begin(), pred_start.end() - 1);
+      for (int32_t u = 0; u < n; ++u) {
+        for (int32_t k = g.succ_start_[u]; k < g.succ_start_[u + 1]; ++k) {
+          pred[fill[g.succ_[k]]++] = u;
+        }
+      }
       int32_t v = 0;
       while (left[v] == 0) ++v;
       for (int32_t step = 0; step < n; ++step) {
-        for (int32_t k = g.pred_start_[v]; k < g.pred_start_[v + 1]; ++k) {
-          if (left[g.pred_[k]] > 0) {
-            v = g.pred_[k];
+        for (int32_t k = pred_start[v]; k < pred_start[v + 1]; ++k) {
+          if (left[pred[k]] > 0) {
+            v = pred[k];
             break;
           }
         }
@@ -151,9 +148,7 @@ class Dag {
   const int32_t* succ_end(int32_t u) const { return succ_.data() + succ_start_[u + 1]; }
   int64_t out_degree(int32_t u) const { return succ_start_[u + 1] - succ_start_[u]; }
 
-  const int32_t* pred_begin(int32_t v) const { return pred_.data() + pred_start_[v]; }
-  const int32_t* pred_end(int32_t v) const { return pred_.data() + pred_start_[v + 1]; }
-  int64_t in_degree(int32_t v) const { return pred_start_[v + 1] - pred_start_[v]; }
+  int64_t in_degree(int32_t v) const { return indeg_[v]; }
 
   // Nodes with no in-edge, ascending: the model inputs, pinned to the device.
   const std::vector<int32_t>& inputs() const { return inputs_; }
@@ -163,8 +158,8 @@ class Dag {
 
  private:
   int32_t n_ = 0;
-  std::vector<int32_t> succ_start_, pred_start_;
-  std::vector<int32_t> succ_, pred_, inputs_, topo_;
+  std::vector<int32_t> succ_start_;
+  std::vector<int32_t> succ_, indeg_, inputs_, topo_;
 };
 
 }  // namespace cic

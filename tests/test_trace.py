@@ -1,0 +1,199 @@
+"""cic_fast.trace: PyTorch model -> LayerGraph."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+from cic_fast.trace import LayerGraph, TraceError, trace  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _few_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+class Chain(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 16)
+        self.b = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+class WithConstants(nn.Module):
+    """Constants built inside forward (position indices) and a buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(16, 16)
+        self.register_buffer("scale", torch.full((16,), 2.0))
+
+    def forward(self, x):
+        pos = torch.arange(16, dtype=torch.float32).reshape(1, 16)  # input-independent
+        pos = pos * self.scale
+        unused = x * 3  # no path to the output: dropped  # noqa: F841
+        return self.lin(x + pos) + pos
+
+
+class TwoInTwoOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(6, 4)
+
+    def forward(self, x, y):
+        h = self.a(x)
+        return {"sum": h + self.b(y), "parts": (h, torch.tanh(y))}
+
+
+class InPlace(nn.Module):
+    def forward(self, x):
+        y = x * 1.5
+        s = y.sum(dim=1, keepdim=True)  # reads y before the mutation
+        y.add_(1.0)  # in place
+        return y * 2 + s
+
+
+class NeedsExport(nn.Module):
+    """Shape-dependent Python control flow: fx cannot trace it, torch.export can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x):
+        if x.shape[-1] > 4:
+            x = torch.relu(self.lin(x))
+        return {"out": x * 2, "aux": (x.sum(),)}
+
+
+class Untraceable(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow
+            return x * 2
+        return x - 1
+
+
+def test_chain_graph_structure():
+    g = trace(Chain().eval(), torch.randn(2, 8))
+    assert g.method == "fx"
+    assert g.names == ("x", "a", "relu", "b", "output")
+    assert g.ops[0] == "placeholder" and g.ops[-1] == "output"
+    assert g.edges.tolist() == [[0, 1], [1, 2], [2, 3], [3, 4]]
+    assert g.inputs.tolist() == [0]
+    assert g.out_bytes.tolist() == [2 * 8 * 4, 2 * 16 * 4, 2 * 16 * 4, 2 * 4 * 4, 0]
+    # 2 * in * out * batch for each Linear
+    assert g.flops[1] == 2 * 8 * 16 * 2 and g.flops[3] == 2 * 16 * 4 * 2
+    assert g.output == g.n_nodes - 1
+    assert g.program is not None and len(g.program.fx_nodes) == g.n_nodes
+
+
+def test_constants_and_dead_code_are_not_nodes():
+    g = trace(WithConstants().eval(), torch.randn(1, 16))
+    # arange/reshape/mul with the buffer and the unused x * 3 are all gone
+    assert "arange" not in g.names and "mul" not in g.names
+    assert all(op != "get_attr" for op in g.ops)
+    assert not any(n.startswith("mul") for n in g.names)
+    # the only source is the input
+    has_pred = np.zeros(g.n_nodes, dtype=bool)
+    has_pred[g.edges[:, 1]] = True
+    assert np.flatnonzero(~has_pred).tolist() == g.inputs.tolist() == [0]
+
+
+def test_multi_input_dict_output():
+    g = trace(TwoInTwoOut().eval(), (torch.randn(3, 4), torch.randn(3, 6)))
+    assert g.inputs.tolist() == [0, 1]
+    assert g.names[:2] == ("x", "y")
+    # the output node gathers every tensor the model returns
+    preds = {u for u, v in g.edges.tolist() if v == g.output}
+    assert {g.names[u] for u in preds} == {"add", "a", "tanh"}
+
+
+def test_in_place_mutation_orders_readers():
+    g = trace(InPlace().eval(), torch.randn(2, 3))
+    idx = {n: i for i, n in enumerate(g.names)}
+    edges = set(map(tuple, g.edges.tolist()))
+    # the reader before the mutation must run before it, the reader after must follow it
+    assert (idx["sum_1"], idx["add_"]) in edges
+    assert (idx["add_"], idx["mul_1"]) in edges
+    assert (g.edges[:, 0] < g.edges[:, 1]).all()
+
+
+def test_export_fallback():
+    m = NeedsExport().eval()
+    x = torch.randn(2, 8)
+    with pytest.raises(TraceError, match=r"torch\.fx failed"):
+        trace(m, x, method="fx")
+    g = trace(m, x)
+    assert g.method == "export"
+    assert g.ops[0] == "placeholder" and g.ops[-1] == "output"
+    assert "_guards_fn" not in g.targets
+
+
+def test_untraceable_names_the_construct():
+    with pytest.raises(TraceError) as info:
+        trace(Untraceable(), torch.randn(2, 3))
+    msg = str(info.value)
+    assert "torch.fx failed" in msg and "torch.export failed" in msg
+    assert "if x.sum() > 0" in msg
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="method"):
+        trace(Chain(), torch.randn(1, 8), method="jit")
+    with pytest.raises(TypeError):
+        trace(lambda x: x, torch.randn(1, 8))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        trace(Chain(), "not a tensor")
+
+
+def test_json_round_trip_and_fingerprint():
+    g = trace(TwoInTwoOut().eval(), (torch.randn(3, 4), torch.randn(3, 6)))
+    h = LayerGraph.from_json(g.to_json())
+    assert h.program is None
+    assert h.names == g.names and h.targets == g.targets and h.shapes == g.shapes
+    np.testing.assert_array_equal(h.edges, g.edges)
+    np.testing.assert_array_equal(h.out_bytes, g.out_bytes)
+    assert h.fingerprint == g.fingerprint
+    assert trace(Chain(), torch.randn(1, 8)).fingerprint != g.fingerprint
+    bad = g.to_dict()
+    bad["version"] = 99
+    import json
+
+    with pytest.raises(ValueError, match="version"):
+        LayerGraph.from_json(json.dumps(bad))
+
+
+def test_summary_is_readable():
+    g = trace(Chain().eval(), torch.randn(2, 8))
+    s = g.summary()
+    assert "5 nodes" in s and "f32[2,16]" in s and "relu" in s
+
+
+def test_torchvision_resnet18_small():
+    tv = pytest.importorskip("torchvision")
+    g = trace(tv.models.resnet18(weights=None).eval(), torch.randn(1, 3, 32, 32))
+    assert g.n_nodes == 71 and g.n_edges == 78
+    assert g.flops.sum() > 0
+    assert g.out_bytes[0] == 3 * 32 * 32 * 4
+    assert set(g.ops) <= {"placeholder", "call_module", "call_function", "call_method", "output"}
+
+
+def test_import_does_not_need_torch():
+    code = (
+        "import sys, cic_fast.trace, cic_fast.profile, cic_fast.split, cic_fast.models, "
+        "cic_fast.cli_model; assert 'torch' not in sys.modules, 'torch imported eagerly'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
