@@ -9,6 +9,7 @@ torch, which is imported only when those functions are used.
 
 from cic_fast.graph import Graph, min_cut
 from cic_fast.partition import Partition
+from cic_fast.plan import Planner, PlanSegment
 from cic_fast.profile import Profile, profile
 from cic_fast.split import BoundaryTensor, Split, split
 from cic_fast.trace import LayerGraph, TraceError, trace
@@ -18,6 +19,8 @@ __all__ = [
     "Graph",
     "LayerGraph",
     "Partition",
+    "PlanSegment",
+    "Planner",
     "Profile",
     "Split",
     "TraceError",

@@ -1,5 +1,7 @@
 """Type stub for the private C++ extension cic_fast._core."""
 
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 
@@ -37,3 +39,50 @@ class Graph:
     def network_nodes(self) -> int: ...
     @property
     def network_arc_pairs(self) -> int: ...
+
+class Plan:
+    def __init__(self, graph: Graph, rtt_s: float = 0.0) -> None: ...
+    @staticmethod
+    def from_partitions(graph: Graph, rtt_s: float, partitions: npt.NDArray[np.bool_]) -> Plan: ...
+    @property
+    def n_nodes(self) -> int: ...
+    @staticmethod
+    def compressed(graph: Graph, rtt_s: float = 0.0) -> tuple[Plan, dict[str, float]]: ...
+    @property
+    def n_partitions(self) -> int: ...
+    @property
+    def num_solves(self) -> int: ...
+    @property
+    def rtt_s(self) -> float: ...
+    @property
+    def breakpoints_bps(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def lines(self) -> npt.NDArray[np.float64]: ...
+    def partition(
+        self, k: int
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64], float, float, float, float]: ...
+    def segment(self, bandwidth_bps: float) -> int: ...
+    def decide(
+        self, bandwidth_bps: float
+    ) -> tuple[int, float, float, float, float, float, float]: ...
+    def decider(
+        self,
+        partition_type: type,
+        fields: tuple[str, ...],
+        as_real: Callable[[object, str], float],
+        pieces: list[tuple[object, ...]],
+    ) -> Callable[[float], object]: ...
+
+def compress(
+    graph: Graph, passthrough: bool = True, chains: bool = True, blocks: bool = True
+) -> tuple[
+    npt.NDArray[np.int64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.int32],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int32],
+    float,
+    dict[str, float],
+]: ...

@@ -106,15 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="bandwidths to sweep, in Mbit/s",
     )
     demo.set_defaults(func=_demo)
-    try:
-        from cic_fast import cli_model
-    except ImportError:  # the model front end is optional
-        pass
-    else:
-        for name in ("add_profile_parser", "add_split_parser", "add_plan_parser"):
-            add = getattr(cli_model, name, None)
-            if add is not None:
-                add(sub)
+    from cic_fast.cli_model import add_profile_parser, add_split_parser
+    from cic_fast.cli_plan import add_plan_parser
+
+    add_profile_parser(sub)
+    add_split_parser(sub)
+    add_plan_parser(sub)
     return parser
 
 

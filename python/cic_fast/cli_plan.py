@@ -1,0 +1,180 @@
+"""``cic-fast plan``: build (or show) the all-bandwidth splitting model of a model.
+
+``cic_fast.cli`` calls :func:`add_plan_parser` on its subparsers; the handler returns
+the exit code.  torch is imported only when a model has to be traced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+__all__ = ["add_plan_parser", "format_plan", "plot_plan"]
+
+
+def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``plan MODEL --device D.json --server S.json [-o FILE] [--plot PNG]``."""
+    from .cli_model import _add_model_args
+
+    p = subparsers.add_parser(
+        "plan",
+        help="the optimal split of a model for every bandwidth (the CIC splitting model)",
+        description="Trace MODEL, build its plan from two profiles and print the table of "
+        "bandwidth ranges: where the cut falls in each, what is sent and the predicted "
+        "latency. MODEL may also be a .plan file written by -o, which is shown as is.",
+    )
+    _add_model_args(p)
+    p.add_argument("--device", dest="device_profile", help="device profile JSON")
+    p.add_argument(
+        "--server",
+        dest="server_profile",
+        help="server profile JSON (default: the device profile / --server-speedup)",
+    )
+    p.add_argument(
+        "--server-speedup",
+        type=float,
+        default=10.0,
+        help="without --server: server is this many times faster (default 10)",
+    )
+    p.add_argument("--rtt-ms", type=float, default=0.0, help="round trip time, ms (default 0)")
+    p.add_argument("-o", "--output", help="write the plan here (Planner.save)")
+    p.add_argument("--plot", metavar="PNG", help="draw latency vs bandwidth (needs matplotlib)")
+    p.set_defaults(func=_run_plan)
+    return p
+
+
+def _fmt_bps(b: float) -> str:
+    if b == 0.0:
+        return "0"
+    if math.isinf(b):
+        return "inf"
+    for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
+        if b >= scale:
+            return f"{b / scale:.4g} {unit}"
+    return f"{b:.4g} bit/s"
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit, scale in (("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def format_plan(planner: Any, names: tuple[str, ...] | None = None, max_names: int = 3) -> str:
+    """The plan as a text table, slowest link first.
+
+    Columns: bandwidth range, layers on the device, the layers whose outputs are
+    sent (the cut), bytes sent, and the predicted latency at the range's ends.
+    """
+    names = names or planner.names
+    n = planner.n_nodes
+    rows = [("bandwidth", "on device", "sent (cut after)", "bytes", "latency (ms)")]
+    for s in planner.segments:
+        lo, hi = s.lo_bps, s.hi_bps
+        if s.sent.size:
+            who = [names[i] if names else str(int(i)) for i in s.sent[:max_names]]
+            sent = ", ".join(who) + (
+                f" +{s.sent.size - max_names}" if s.sent.size > max_names else ""
+            )
+        else:
+            sent = "-" if s.on_device.all() else "(nothing)"
+        at_hi = s.latency_s(hi) if hi < math.inf else s.device_s + s.server_s + s.rtt_s
+        at_lo = s.latency_s(lo) if lo > 0 else math.inf
+        lat = (
+            f"{at_hi * 1e3:.4g}" if s.bytes_sent == 0 else f"{at_hi * 1e3:.4g} .. {at_lo * 1e3:.4g}"
+        )
+        rows.append(
+            (
+                f"{_fmt_bps(lo)} .. {_fmt_bps(hi)}",
+                f"{int(np.count_nonzero(s.on_device))}/{n}",
+                sent,
+                _fmt_bytes(s.bytes_sent),
+                lat,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    st = planner.stats
+    lines.append(
+        f"K = {len(planner.segments)} partitions; graph {st.get('original_nodes')} nodes / "
+        f"{st.get('original_edges')} edges, compressed to {st.get('compressed_nodes')} / "
+        f"{st.get('compressed_edges')}; {st.get('min_cuts')} min-cuts; "
+        f"built in {st.get('build_s', 0.0) * 1e3:.2f} ms"
+    )
+    return "\n".join(lines)
+
+
+def plot_plan(planner: Any, path: str | os.PathLike[str]) -> None:
+    """Latency vs bandwidth (log axis): the envelope, device-only, server-only, breakpoints."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ValueError("--plot needs matplotlib: pip install matplotlib") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bps = planner.breakpoints_bps
+    lo = min([1e3, *[b / 10 for b in bps]])
+    hi = max([1e11, *[b * 10 for b in bps]])
+    x = np.logspace(math.log10(lo), math.log10(hi), 400)
+    g = planner.graph
+    device_only = float(np.sum(g.device_s))
+    server_mask = np.zeros(g.n_nodes, dtype=bool)
+    server_mask[g.inputs] = True
+    server_only = [g.evaluate(server_mask, b, planner.rtt_s).latency_s for b in x]
+    best = [planner.decide(float(b)).latency_s for b in x]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(x, np.array(best) * 1e3, lw=2.5, label="optimal split (envelope)")
+    ax.plot(x, np.full_like(x, device_only * 1e3), "--", label="device only")
+    ax.plot(x, np.array(server_only) * 1e3, ":", label="server only (send the input)")
+    for b in bps:
+        ax.axvline(b, color="grey", lw=0.8, alpha=0.6)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("bandwidth (bit/s)")
+    ax.set_ylabel("latency (ms)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from .plan import Planner
+
+    if args.model.endswith(".plan") and os.path.exists(args.model):
+        planner = Planner.load(args.model)
+        label = args.model
+    else:
+        from .cli_model import _example_inputs, _trace
+        from .models import load_model
+        from .profile import Profile
+
+        if not args.device_profile:
+            raise ValueError("give --device PROFILE.json (and --server or --server-speedup)")
+        model = load_model(args.model, weights=args.weights)
+        graph = _trace(model, _example_inputs(args))
+        dev = Profile.load(args.device_profile, graph)
+        if args.server_profile:
+            srv = Profile.load(args.server_profile, graph)
+        else:
+            if not args.server_speedup > 0:
+                raise ValueError("--server-speedup must be positive")
+            srv = dev.scaled(1.0 / args.server_speedup)
+        planner = Planner.from_profiles(graph, dev, srv, rtt_s=args.rtt_ms / 1e3)
+        label = args.model
+    print(f"{label}: {planner.n_nodes} nodes, rtt {planner.rtt_s * 1e3:g} ms")
+    print(format_plan(planner))
+    if args.output:
+        planner.save(args.output)
+        print(f"wrote {args.output}")
+    if args.plot:
+        plot_plan(planner, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
