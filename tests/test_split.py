@@ -21,6 +21,8 @@ import os
 import numpy as np
 import pytest
 
+import cic_fast
+
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
@@ -261,6 +263,26 @@ def test_min_cut_partitions_on_small_model():
             check_split(s, model, inputs, ref)
             assert s.latency_s == pytest.approx(s.device_s + s.transfer_s + s.server_s + s.rtt_s)
             assert "predicted latency" in s.summary()
+
+
+def test_split_uses_the_planner_and_checks_it():
+    model, inputs = _tv_model("googlenet")
+    g = trace(model, inputs)
+    dev, srv = flop_profiles(g, speedup=100.0)
+    core = cic_fast.Graph(g.edges, dev.seconds, srv.seconds, g.out_bytes)
+    planner = cic_fast.Planner.from_profiles(g, dev, srv, rtt_s=0.002)
+    for mbit in BANDWIDTHS_MBIT:
+        bw = mbit * 1e6
+        s = split(model, inputs, bandwidth_bps=bw, device_profile=dev, server_profile=srv,
+                  rtt_s=0.002, graph=g, planner=planner)  # fmt: skip
+        # the plan's decision is the exact optimum
+        assert s.latency_s == pytest.approx(core.min_cut(bw, 0.002).latency_s, rel=1e-9)
+    with pytest.raises(ValueError, match="planner was built for"):
+        split(model, inputs, bandwidth_bps=1e6, device_profile=dev, server_profile=srv.scaled(0.5),
+              rtt_s=0.002, graph=g, planner=planner)  # fmt: skip
+    with pytest.raises(ValueError, match="planner was built for"):
+        split(model, inputs, bandwidth_bps=1e6, device_profile=dev, server_profile=srv,
+              rtt_s=0.0, graph=g, planner=planner)  # fmt: skip
 
 
 def test_split_rejects_bad_requests():

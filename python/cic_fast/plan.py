@@ -283,6 +283,18 @@ class Planner:
         """Layer names, if given."""
         return self._names
 
+    def matches(self, graph: Graph, rtt_s: float) -> bool:
+        """True if this plan was built from exactly ``graph``'s edges and costs and ``rtt_s``."""
+        g = self._graph
+        return (
+            rtt_s == self._rtt
+            and g.n_nodes == graph.n_nodes
+            and np.array_equal(g.edges, graph.edges)
+            and np.array_equal(g.device_s, graph.device_s)
+            and np.array_equal(g.server_s, graph.server_s)
+            and np.array_equal(g.out_bytes, graph.out_bytes)
+        )
+
     @property
     def n_nodes(self) -> int:
         """Number of layers."""

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .plan import Planner
 from .profile import Profile
 from .trace import LayerGraph, trace
 
@@ -301,6 +302,7 @@ def split(
     rtt_s: float = 0.0,
     on_device: Sequence[bool] | np.ndarray | None = None,
     graph: LayerGraph | None = None,
+    planner: Planner | None = None,
 ) -> Split:
     """Choose (or take) a partition and build the head and tail that run it.
 
@@ -322,6 +324,10 @@ def split(
         Force this partition (indexed like ``trace(model, example_inputs)``).
     graph : LayerGraph, optional
         ``trace(model, example_inputs)`` if already computed.
+    planner : Planner, optional
+        The splitting model of this graph and these profiles (and ``rtt_s``), if
+        already built: the optimum is then its microsecond ``decide``. Without
+        it, one is built (a few min-cuts on the compressed graph).
 
     Returns
     -------
@@ -353,7 +359,15 @@ def split(
     if on_device is None:
         if bandwidth_bps is None:
             raise ValueError("give bandwidth_bps (to optimise) or on_device (to force a partition)")
-        partition = core.min_cut(bandwidth_bps, rtt_s)
+        if planner is None:
+            planner = Planner.from_profiles(graph, device_profile, server_profile, rtt_s=rtt_s)
+        elif not planner.matches(core, rtt_s):
+            raise ValueError(
+                "planner was built for another graph, other profiles or another rtt_s "
+                f"(planner: {planner.n_nodes} nodes, rtt_s={planner.rtt_s}; "
+                f"here: {graph.n_nodes} nodes, rtt_s={rtt_s})"
+            )
+        partition = planner.decide(bandwidth_bps)
     else:
         mask = validate_partition(graph, on_device)
         partition = core.evaluate(mask, 1e9 if bandwidth_bps is None else bandwidth_bps, rtt_s)
