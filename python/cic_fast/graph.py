@@ -28,6 +28,11 @@ def _as_edges(edges: Any) -> npt.NDArray[np.int64]:
         raise ValueError(f"edges must have shape (E, 2): {exc}") from None
     if a.size == 0 and a.ndim <= 2 and (a.ndim < 2 or a.shape[1] == 2):
         return np.empty((0, 2), dtype=np.int64)
+    if a.dtype == object and all(
+        isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in a.flat
+    ):
+        # Python ints beyond int64 make numpy fall back to object arrays.
+        raise ValueError("edges hold a node index out of range (does not fit in int64)")
     if a.dtype.kind not in "iu":
         raise TypeError(f"edges must be an integer array, got dtype {a.dtype}")
     if a.ndim != 2 or a.shape[1] != 2:

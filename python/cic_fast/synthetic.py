@@ -335,9 +335,8 @@ def _block_model(b: _Builder, x: int, body_end: int, kind: str, joins: _Joins) -
     while True:
         x = joins.maybe_join(b, x)
         s = min(len(stages) - 1, (len(stages) * (b.n - start)) // max(1, body_end - start))
+        # A new stage halves the resolution (the first stage's own stride is 1).
         c_out, stride = stages[s] if s > stage else (stages[s][0], 1)
-        if s > stage and stage < 0:
-            stride = 1
         m = b.mark()
         if kind == "resnet":
             y = _residual(b, x, c_out, stride, bottleneck)

@@ -237,7 +237,7 @@ class Graph {
       }
     }
     b.transfer_s = 8.0 * b.bytes_sent / bandwidth_bps;
-    b.rtt_s = b.offloads ? rtt_s : 0.0;
+    b.rtt_s = b.offloads ? rtt_s + 0.0 : 0.0;  // + 0.0 turns -0.0 into 0.0
     b.latency_s = b.device_s + b.transfer_s + b.server_s + b.rtt_s;
     *out = b;
   }
