@@ -325,7 +325,7 @@ def _tv_model(name: str):
         kw = {"init_weights": True, "aux_logits": False}
     size = 224
     if name == "inception_v3":
-        size = 299 if FULL else 75
+        size = 299  # the resolution: the only model it names one for
     elif not FULL:
         size = 32
         if name == "vit_b_16":
