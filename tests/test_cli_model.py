@@ -17,14 +17,6 @@ from cic_fast.models import (  # noqa: E402
 from cic_fast.profile import Profile  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _few_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 class TinyNet(nn.Module):
     """Importable as ``test_cli_model:TinyNet`` (pytest puts tests/ on sys.path)."""
 

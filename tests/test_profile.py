@@ -15,14 +15,6 @@ from cic_fast.profile import PROFILE_VERSION, Profile, profile  # noqa: E402
 from cic_fast.trace import trace  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _few_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 class Small(nn.Module):
     def __init__(self) -> None:
         super().__init__()

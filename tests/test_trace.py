@@ -14,14 +14,6 @@ nn = torch.nn
 from cic_fast.trace import LayerGraph, TraceError, trace  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _few_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 class Chain(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -10,18 +10,16 @@
 #include <utility>
 
 #include "cic/graph.hpp"
+#include "common.hpp"
 
 namespace py = pybind11;
 
 namespace {
 
-using Int64Array = py::array_t<int64_t, py::array::c_style>;
-using F64Array = py::array_t<double, py::array::c_style>;
-using BoolArray = py::array_t<bool, py::array::c_style>;
-
-void Check(const cic::Result& r) {
-  if (!r.ok()) throw py::value_error(r.message());
-}
+using cic_bind::BoolArray;
+using cic_bind::Check;
+using cic_bind::F64Array;
+using cic_bind::Int64Array;
 
 void CheckVector(const F64Array& a, const char* name, py::ssize_t n) {
   if (a.ndim() != 1) throw py::value_error(std::string(name) + " must be 1-D");

@@ -12,19 +12,17 @@
 
 #include "cic/compress.hpp"
 #include "cic/graph.hpp"
+#include "common.hpp"
 #include "cic/plan.hpp"
 
 namespace py = pybind11;
 
 namespace {
 
-using Int64Array = py::array_t<int64_t, py::array::c_style>;
-using F64Array = py::array_t<double, py::array::c_style>;
-using BoolArray = py::array_t<bool, py::array::c_style>;
-
-void Check(const cic::Result& r) {
-  if (!r.ok()) throw py::value_error(r.message());
-}
+using cic_bind::BoolArray;
+using cic_bind::Check;
+using cic_bind::F64Array;
+using cic_bind::Int64Array;
 
 std::unique_ptr<cic::Plan> BuildPlan(cic::Graph& g, double rtt_s) {
   auto plan = std::make_unique<cic::Plan>();

@@ -108,10 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
     from cic_fast.cli_model import add_profile_parser, add_split_parser
     from cic_fast.cli_plan import add_plan_parser
+    from cic_fast.cli_serve import add_serve_parser
 
     add_profile_parser(sub)
     add_split_parser(sub)
     add_plan_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 

@@ -1,0 +1,603 @@
+"""The wire format between a device (``Client``) and a server (``Server``).
+
+Everything on the wire is a *frame*: a fixed 12-byte header followed by a payload.
+
+    offset  size  field
+    0       4     magic  b"CICF"
+    4       1     version (1)
+    5       1     type (:class:`MsgType`)
+    6       2     flags (0; any other value is refused)
+    8       4     payload length in bytes, unsigned little-endian
+
+All integers are little-endian.  Payloads are plain structs of integers, UTF-8
+strings (``u16`` length + bytes) and raw tensor bytes with a small header
+(``dtype`` code, ``ndim``, ``u32`` dims): nothing received is ever unpickled or
+passed to ``torch.load``.  Every size is checked against :class:`Limits` before
+anything is allocated, and a payload must be consumed exactly (no trailing bytes).
+docs/protocol.md describes the messages and the session.
+
+Any violation raises :class:`ProtocolError` with an :class:`ErrorCode`; an
+``ERROR`` frame received from the peer raises :class:`RemoteError`.  torch is
+imported lazily (only to convert tensors and hash weights).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import socket
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from .trace import LayerGraph
+
+__all__ = [
+    "HEADER",
+    "MAGIC",
+    "VERSION",
+    "ErrorCode",
+    "Limits",
+    "MsgType",
+    "ProtocolError",
+    "Reader",
+    "RemoteError",
+    "decode_error",
+    "decode_hello",
+    "decode_probe_ok",
+    "decode_request",
+    "decode_result",
+    "encode_error",
+    "encode_hello",
+    "encode_probe_ok",
+    "encode_request",
+    "encode_result",
+    "frame_header",
+    "model_fingerprint",
+    "pack_mask",
+    "recv_frame",
+    "send_frame",
+    "unpack_mask",
+]
+
+MAGIC = b"CICF"
+VERSION = 1
+HEADER = struct.Struct("<4sBBHI")
+_U8 = struct.Struct("<B")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_REQ = struct.Struct("<QI")  # request id, number of nodes
+_RES = struct.Struct("<Qd")  # request id, server seconds
+_TENSOR = struct.Struct("<BB")  # dtype code, ndim
+
+
+class MsgType(IntEnum):
+    """Frame types (the ``type`` byte of the header)."""
+
+    HELLO = 1
+    """client -> server: model fingerprint; the first frame of a session."""
+    HELLO_OK = 2
+    """server -> client: its fingerprint and its frame limit."""
+    INFER = 3
+    """client -> server: partition bitmask and boundary tensors."""
+    RESULT = 4
+    """server -> client: server seconds and the model's flattened outputs."""
+    PROBE = 5
+    """client -> server: filler bytes, to time a transfer."""
+    PROBE_OK = 6
+    """server -> client: the number of filler bytes received."""
+    ERROR = 15
+    """either way: an :class:`ErrorCode` and a message."""
+
+
+class ErrorCode(IntEnum):
+    """Codes of ``ERROR`` frames."""
+
+    BAD_FRAME = 1
+    """Bad magic, flags or a malformed or truncated payload (connection closed)."""
+    BAD_VERSION = 2
+    """Unsupported protocol version (connection closed)."""
+    UNKNOWN_TYPE = 3
+    """Unknown or unexpected frame type (connection closed)."""
+    TOO_LARGE = 4
+    """A frame or tensor over the limits (connection closed)."""
+    FINGERPRINT = 5
+    """The client's model is not the server's (connection closed)."""
+    BAD_PARTITION = 6
+    """Partition invalid (input on the server, not closed) or all on the device."""
+    BAD_TENSOR = 7
+    """Boundary tensors are not the partition's (names, dtypes or shapes)."""
+    NOT_READY = 8
+    """A request before the handshake (connection closed)."""
+    INTERNAL = 9
+    """The server failed to execute the tail."""
+    BUSY = 10
+    """Too many clients (connection closed)."""
+
+
+#: Codes after which the sender closes the connection.
+FATAL_CODES = frozenset(
+    {
+        ErrorCode.BAD_FRAME,
+        ErrorCode.BAD_VERSION,
+        ErrorCode.UNKNOWN_TYPE,
+        ErrorCode.TOO_LARGE,
+        ErrorCode.FINGERPRINT,
+        ErrorCode.NOT_READY,
+        ErrorCode.BUSY,
+    }
+)
+
+
+class ProtocolError(Exception):
+    """A frame that breaks the protocol (raised while reading or validating).
+
+    Attributes
+    ----------
+    code : ErrorCode
+        What went wrong, as sent in the ``ERROR`` frame.
+    """
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = ErrorCode(code)
+
+    @property
+    def fatal(self) -> bool:
+        """True if the connection must be closed after reporting it."""
+        return self.code in FATAL_CODES
+
+
+class RemoteError(Exception):
+    """The peer answered with an ``ERROR`` frame.
+
+    Attributes
+    ----------
+    code : int
+        The peer's error code (an :class:`ErrorCode` value, or unknown).
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        try:
+            name = ErrorCode(code).name
+        except ValueError:
+            name = f"code {code}"
+        super().__init__(f"server error {name}: {message}")
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds checked on every frame before anything is allocated.
+
+    Attributes
+    ----------
+    max_frame_bytes : int
+        Largest payload accepted (default 64 MiB).
+    max_tensor_bytes : int
+        Largest single tensor (default 64 MiB).
+    max_tensors : int
+        Most tensors in one frame.
+    max_ndim : int
+        Most dimensions of a tensor.
+    max_name_bytes : int
+        Longest UTF-8 string (tensor names, fingerprints, messages).
+    max_nodes : int
+        Largest partition bitmask, in nodes.
+    """
+
+    max_frame_bytes: int = 64 << 20
+    max_tensor_bytes: int = 64 << 20
+    max_tensors: int = 4096
+    max_ndim: int = 8
+    max_name_bytes: int = 1024
+    max_nodes: int = 1 << 20
+
+
+# code -> (torch dtype name, bytes per element)
+_DTYPES: dict[int, tuple[str, int]] = {
+    1: ("float32", 4),
+    2: ("float16", 2),
+    3: ("bfloat16", 2),
+    4: ("float64", 8),
+    5: ("int64", 8),
+    6: ("int32", 4),
+    7: ("int16", 2),
+    8: ("int8", 1),
+    9: ("uint8", 1),
+    10: ("bool", 1),
+}
+_DTYPE_CODE = {name: code for code, (name, _) in _DTYPES.items()}
+
+
+def dtype_name(code: int) -> str:
+    """The torch dtype name (``"float32"``) of a wire dtype code."""
+    return _DTYPES[code][0]
+
+
+# -- framing -------------------------------------------------------------------------
+
+
+def frame_header(msg_type: int, length: int) -> bytes:
+    """The 12-byte header of a frame whose payload has ``length`` bytes."""
+    if not 0 <= length < 1 << 32:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"payload of {length} bytes cannot be framed")
+    return HEADER.pack(MAGIC, VERSION, int(msg_type), 0, length)
+
+
+def send_frame(sock: socket.socket, msg_type: int, parts: Sequence[Any] = ()) -> int:
+    """Send one frame whose payload is the concatenation of ``parts`` (bytes-like).
+
+    Returns
+    -------
+    int
+        Bytes written, header included.
+    """
+    views = [memoryview(p).cast("B") for p in parts]
+    length = sum(v.nbytes for v in views)
+    head = frame_header(msg_type, length)
+    small = [v for v in views if v.nbytes < 65536]
+    if len(small) == len(views):
+        sock.sendall(b"".join([head, *views]))
+    else:
+        # large tensors are sent from their own memory, without a joined copy
+        pending: list[Any] = [head]
+        for v in views:
+            if v.nbytes < 65536:
+                pending.append(v)
+                continue
+            sock.sendall(b"".join(pending))
+            pending = []
+            sock.sendall(v)
+        if pending:
+            sock.sendall(b"".join(pending))
+    return HEADER.size + length
+
+
+def _recv_exactly(sock: socket.socket, n: int, what: str) -> bytearray:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise ConnectionError(f"connection closed after {got} of {n} bytes of the {what}")
+        got += k
+    return buf
+
+
+def parse_header(data: bytes | bytearray, limits: Limits) -> tuple[MsgType, int]:
+    """Validate a 12-byte header; return the frame type and payload length.
+
+    Raises
+    ------
+    ProtocolError
+        Bad magic (BAD_FRAME), version (BAD_VERSION), flags (BAD_FRAME), type
+        (UNKNOWN_TYPE) or a payload over ``limits.max_frame_bytes`` (TOO_LARGE).
+    """
+    magic, version, msg_type, flags, length = HEADER.unpack(bytes(data))
+    if magic != MAGIC:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"bad magic {magic!r}")
+    if version != VERSION:
+        raise ProtocolError(
+            ErrorCode.BAD_VERSION, f"protocol version {version} not supported (this is {VERSION})"
+        )
+    if flags != 0:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"unknown flags 0x{flags:04x}")
+    try:
+        kind = MsgType(msg_type)
+    except ValueError:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {msg_type}") from None
+    if length > limits.max_frame_bytes:
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE,
+            f"frame of {length} bytes over the limit of {limits.max_frame_bytes}",
+        )
+    return kind, length
+
+
+def recv_frame(sock: socket.socket, limits: Limits) -> tuple[MsgType, bytearray]:
+    """Read one frame: its type and its payload (a fresh, writable buffer).
+
+    Raises
+    ------
+    ProtocolError
+        See :func:`parse_header`; the payload is not read then.
+    ConnectionError
+        The peer closed the connection mid-frame (or before one: ``EOFError``).
+    TimeoutError
+        The socket's timeout expired.
+    """
+    first = sock.recv(HEADER.size)
+    if not first:
+        raise EOFError("connection closed")
+    head = bytearray(first)
+    if len(head) < HEADER.size:
+        head += _recv_exactly(sock, HEADER.size - len(head), "frame header")
+    kind, length = parse_header(head, limits)
+    payload = _recv_exactly(sock, length, "payload") if length else bytearray()
+    return kind, payload
+
+
+# -- payload reading -----------------------------------------------------------------
+
+
+class Reader:
+    """Sequential reader over a payload; every read is bounds-checked.
+
+    Raises :class:`ProtocolError` (BAD_FRAME) when the payload is too short.
+    """
+
+    def __init__(self, data: bytes | bytearray | memoryview, limits: Limits) -> None:
+        self.view = memoryview(data).cast("B")
+        self.pos = 0
+        self.limits = limits
+
+    @property
+    def left(self) -> int:
+        """Bytes not read yet."""
+        return self.view.nbytes - self.pos
+
+    def take(self, n: int, what: str) -> memoryview:
+        """The next ``n`` bytes."""
+        if n < 0 or n > self.left:
+            raise ProtocolError(
+                ErrorCode.BAD_FRAME, f"truncated payload: {what} needs {n} bytes, {self.left} left"
+            )
+        out = self.view[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def unpack(self, st: struct.Struct, what: str) -> tuple[Any, ...]:
+        """Unpack a struct."""
+        return st.unpack(self.take(st.size, what))
+
+    def string(self, what: str) -> str:
+        """A ``u16`` length-prefixed UTF-8 string."""
+        (n,) = self.unpack(_U16, what)
+        if n > self.limits.max_name_bytes:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"{what} of {n} bytes over the limit")
+        try:
+            return bytes(self.take(n, what)).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"{what} is not UTF-8") from None
+
+    def end(self) -> None:
+        """Require the payload to be fully consumed."""
+        if self.left:
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"{self.left} trailing bytes in payload")
+
+    def tensor(self) -> tuple[str, Any]:
+        """A named tensor: name, dtype code, ndim, ``u32`` dims, raw bytes."""
+        import torch
+
+        name = self.string("tensor name")
+        code, ndim = self.unpack(_TENSOR, "tensor header")
+        if code not in _DTYPES:
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"tensor {name!r}: unknown dtype code {code}")
+        if ndim > self.limits.max_ndim:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"tensor {name!r}: {ndim} dimensions")
+        dims = struct.unpack(f"<{ndim}I", self.take(4 * ndim, "tensor dims"))
+        dtype, itemsize = _DTYPES[code]
+        nbytes = math.prod(dims) * itemsize
+        if nbytes > self.limits.max_tensor_bytes:
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE,
+                f"tensor {name!r} of {nbytes} bytes over the limit of "
+                f"{self.limits.max_tensor_bytes}",
+            )
+        raw = self.take(nbytes, f"data of tensor {name!r}")
+        dt = getattr(torch, dtype)
+        if dtype == "bool" and bytes(raw).translate(None, b"\x00\x01"):
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"tensor {name!r}: bool bytes not 0 or 1")
+        if nbytes == 0:
+            return name, torch.empty(dims, dtype=dt)
+        # a private copy: the tensor owns its memory, aligned for its dtype
+        t = torch.frombuffer(bytearray(raw), dtype=dt).reshape(dims)
+        return name, t
+
+
+# -- payload writing -----------------------------------------------------------------
+
+
+def _string(s: str) -> bytes:
+    b = s.encode("utf-8")
+    if len(b) >= 1 << 16:
+        raise ValueError(f"string of {len(b)} bytes is too long for the wire")
+    return _U16.pack(len(b)) + b
+
+
+def _tensor_parts(name: str, t: torch.Tensor) -> list[Any]:
+    """Header bytes and the raw data (a memoryview of the tensor's memory)."""
+    import torch
+
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"boundary value {name!r} is a {type(t).__name__}, not a tensor")
+    dtype = str(t.dtype).removeprefix("torch.")
+    if dtype not in _DTYPE_CODE:
+        raise TypeError(f"tensor {name!r}: dtype {dtype} cannot be sent")
+    if t.ndim > 255 or any(d >= 1 << 32 for d in t.shape):
+        raise ValueError(f"tensor {name!r}: shape {tuple(t.shape)} cannot be sent")
+    t = t.detach().to("cpu").contiguous()
+    head = _string(name) + _TENSOR.pack(_DTYPE_CODE[dtype], t.ndim)
+    head += struct.pack(f"<{t.ndim}I", *t.shape)
+    if t.numel() == 0:
+        return [head]
+    data = t.reshape(-1).view(torch.uint8).numpy()
+    return [head, data.data]
+
+
+def pack_mask(on_device: Any) -> bytes:
+    """Pack a boolean array into bytes, bit ``i`` of the mask = ``on_device[i]``.
+
+    Bits are little-endian within each byte (``np.packbits(..., bitorder="little")``);
+    unused high bits of the last byte are 0.
+    """
+    on = np.asarray(on_device, dtype=bool)
+    return np.packbits(on, bitorder="little").tobytes()
+
+
+def unpack_mask(data: bytes | memoryview, n: int) -> np.ndarray:
+    """Inverse of :func:`pack_mask`; the unused bits must be 0.
+
+    Raises
+    ------
+    ProtocolError
+        Wrong byte count or non-zero padding bits (BAD_FRAME).
+    """
+    raw = np.frombuffer(bytes(data), dtype=np.uint8)
+    if raw.size != (n + 7) // 8:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"mask of {raw.size} bytes for {n} nodes")
+    bits = np.unpackbits(raw, bitorder="little")
+    if bits[n:].any():
+        raise ProtocolError(ErrorCode.BAD_FRAME, "non-zero padding bits in the partition mask")
+    return bits[:n].astype(bool)
+
+
+# -- messages ------------------------------------------------------------------------
+
+
+def encode_hello(fingerprint: str, max_frame_bytes: int | None = None) -> bytes:
+    """HELLO (client: fingerprint) or HELLO_OK (server: fingerprint + frame limit)."""
+    out = _string(fingerprint)
+    if max_frame_bytes is not None:
+        out += _U64.pack(max_frame_bytes)
+    return out
+
+
+def decode_hello(payload: Any, limits: Limits, *, reply: bool = False) -> tuple[str, int | None]:
+    """Parse HELLO (``reply=False``) or HELLO_OK; return (fingerprint, limit or None)."""
+    r = Reader(payload, limits)
+    fp = r.string("fingerprint")
+    limit = r.unpack(_U64, "frame limit")[0] if reply else None
+    r.end()
+    return fp, limit
+
+
+def encode_probe_ok(nbytes: int) -> bytes:
+    """PROBE_OK payload: ``u64`` number of filler bytes received."""
+    return _U64.pack(nbytes)
+
+
+def decode_probe_ok(payload: Any, limits: Limits) -> int:
+    """Parse PROBE_OK: the number of filler bytes the server received."""
+    r = Reader(payload, limits)
+    (n,) = r.unpack(_U64, "probe size")
+    r.end()
+    return int(n)
+
+
+def encode_error(code: int, message: str) -> bytes:
+    """ERROR payload: ``u16`` code, message (truncated to 1000 bytes)."""
+    msg = message.encode("utf-8")[:1000].decode("utf-8", "ignore")
+    return _U16.pack(int(code)) + _string(msg)
+
+
+def decode_error(payload: Any, limits: Limits) -> RemoteError:
+    """Parse an ERROR payload into the exception to raise."""
+    r = Reader(payload, limits)
+    (code,) = r.unpack(_U16, "error code")
+    msg = r.string("error message")
+    r.end()
+    return RemoteError(code, msg)
+
+
+def _tensors(tensors: Sequence[tuple[str, Any]]) -> tuple[list[Any], int]:
+    parts: list[Any] = [_U32.pack(len(tensors))]
+    for name, t in tensors:
+        parts.extend(_tensor_parts(name, t))
+    return parts, sum(memoryview(p).nbytes for p in parts)
+
+
+def _read_tensors(r: Reader) -> list[tuple[str, Any]]:
+    (count,) = r.unpack(_U32, "tensor count")
+    if count > r.limits.max_tensors:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"{count} tensors over the limit")
+    out = [r.tensor() for _ in range(count)]
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "duplicate tensor names")
+    return out
+
+
+def encode_request(
+    request_id: int, on_device: Any, tensors: Mapping[str, Any]
+) -> tuple[list[Any], int]:
+    """INFER payload: ``u64`` id, ``u32`` n, mask, ``u32`` count, tensors.
+
+    Returns
+    -------
+    parts : list of bytes-like
+        The payload in pieces (tensor data is not copied).
+    nbytes : int
+        Payload length.
+    """
+    on = np.asarray(on_device, dtype=bool)
+    head = _REQ.pack(request_id, on.size) + pack_mask(on)
+    parts, n = _tensors(list(tensors.items()))
+    return [head, *parts], len(head) + n
+
+
+def decode_request(payload: Any, limits: Limits) -> tuple[int, np.ndarray, dict[str, Any]]:
+    """Parse INFER: (request id, ``on_device`` bool array, name -> tensor)."""
+    r = Reader(payload, limits)
+    request_id, n = r.unpack(_REQ, "request header")
+    if n > limits.max_nodes:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"partition of {n} nodes over the limit")
+    on = unpack_mask(r.take((n + 7) // 8, "partition mask"), n)
+    tensors = dict(_read_tensors(r))
+    r.end()
+    return request_id, on, tensors
+
+
+def encode_result(
+    request_id: int, server_s: float, outputs: Sequence[Any]
+) -> tuple[list[Any], int]:
+    """RESULT payload: ``u64`` id, ``f64`` server seconds, the flat outputs."""
+    head = _RES.pack(request_id, server_s)
+    parts, n = _tensors([(str(i), t) for i, t in enumerate(outputs)])
+    return [head, *parts], len(head) + n
+
+
+def decode_result(payload: Any, limits: Limits) -> tuple[int, float, list[Any]]:
+    """Parse RESULT: (request id, server seconds, flat output tensors in order)."""
+    r = Reader(payload, limits)
+    request_id, server_s = r.unpack(_RES, "result header")
+    tensors = _read_tensors(r)
+    r.end()
+    if [n for n, _ in tensors] != [str(i) for i in range(len(tensors))]:
+        raise ProtocolError(ErrorCode.BAD_FRAME, "result tensors must be named 0, 1, ...")
+    if not (math.isfinite(server_s) and server_s >= 0):
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"bad server time {server_s}")
+    return request_id, float(server_s), [t for _, t in tensors]
+
+
+# -- model identity ------------------------------------------------------------------
+
+
+def model_fingerprint(model: torch.nn.Module, graph: LayerGraph) -> str:
+    """Hex SHA-256 of the architecture (traced graph, output shapes) and the weights.
+
+    Two processes agree on it exactly when they traced the same architecture at the
+    same input shapes and hold bit-identical parameters and buffers.
+    """
+    h = hashlib.sha256(b"cic_fast.model/1\x00")
+    h.update(graph.fingerprint.encode())
+    h.update("\x1f".join(graph.shapes).encode())
+    h.update(b"\x1e")
+    for name, t in sorted(model.state_dict().items()):
+        c = t.detach().to("cpu").contiguous()
+        h.update(f"{name}\x1f{c.dtype}\x1f{tuple(c.shape)}\x1e".encode())
+        if c.numel():
+            import torch
+
+            h.update(c.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

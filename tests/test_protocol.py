@@ -1,0 +1,402 @@
+"""Wire format (cic_fast.protocol) and the server's behaviour on bad frames.
+
+Unit tests: messages round-trip for every dtype and shape; every truncation and
+random mutation of a valid payload raises ProtocolError and nothing else
+(hypothesis).  Live tests: a Server on 127.0.0.1 port 0 receives malformed,
+truncated, oversized, unknown and hypothesis-generated frames over raw sockets; it
+answers with an ERROR frame or closes the connection, and a good client is still
+served afterwards.  Every socket has a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+from cic_fast import protocol as P  # noqa: E402
+from cic_fast.client import Client  # noqa: E402
+from cic_fast.profile import Profile  # noqa: E402
+from cic_fast.server import Server  # noqa: E402
+from cic_fast.split import build_parts  # noqa: E402
+from cic_fast.trace import trace  # noqa: E402
+
+TIMEOUT_S = 5.0
+LIMITS = P.Limits(max_frame_bytes=1 << 20, max_tensor_bytes=1 << 20)
+DTYPES = [
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.float64,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+]
+
+
+# -- pure encoding -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(), (0,), (3,), (2, 3, 4), (1, 1, 1, 1, 5)])
+def test_tensor_round_trip(dtype, shape):
+    t = (torch.arange(int(np.prod(shape)), dtype=torch.float64) - 3).reshape(shape).to(dtype)
+    parts, n = P.encode_request(7, [True, False, True], {"x": t, "y": t.clone()})
+    payload = b"".join(bytes(p) for p in parts)
+    assert len(payload) == n
+    rid, on, tensors = P.decode_request(bytearray(payload), LIMITS)
+    assert rid == 7 and on.tolist() == [True, False, True]
+    for k in ("x", "y"):
+        assert tensors[k].dtype == dtype and tensors[k].shape == t.shape
+        assert torch.equal(tensors[k], t)
+
+
+def test_non_contiguous_and_result_round_trip():
+    t = torch.arange(24, dtype=torch.float32).reshape(4, 6).t()
+    parts, _ = P.encode_result(3, 0.25, [t, t[1:, ::2]])
+    rid, server_s, leaves = P.decode_result(b"".join(bytes(p) for p in parts), LIMITS)
+    assert (rid, server_s) == (3, 0.25)
+    assert torch.equal(leaves[0], t) and torch.equal(leaves[1], t[1:, ::2])
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 200])
+def test_mask_round_trip(n):
+    on = np.random.default_rng(n).random(n) < 0.5
+    data = P.pack_mask(on)
+    assert len(data) == (n + 7) // 8
+    assert np.array_equal(P.unpack_mask(data, n), on)
+
+
+def test_mask_padding_bits_refused():
+    with pytest.raises(P.ProtocolError, match="padding"):
+        P.unpack_mask(b"\xff", 3)
+
+
+def test_hello_error_round_trip():
+    fp, limit = P.decode_hello(P.encode_hello("ab" * 32, 1234), LIMITS, reply=True)
+    assert fp == "ab" * 32 and limit == 1234
+    e = P.decode_error(P.encode_error(P.ErrorCode.BAD_TENSOR, "nope"), LIMITS)
+    assert e.code == P.ErrorCode.BAD_TENSOR and "BAD_TENSOR" in str(e) and "nope" in str(e)
+
+
+def test_non_tensor_and_unsupported_dtype_refused():
+    with pytest.raises(TypeError):
+        P.encode_request(1, [True], {"x": 3})
+    with pytest.raises(TypeError):
+        P.encode_request(1, [True], {"x": torch.zeros(2, dtype=torch.complex64)})
+
+
+def _request_payload() -> bytes:
+    t = torch.randn(2, 3)
+    parts, _ = P.encode_request(1, [True, True, False], {"a": t, "b": t.to(torch.int8)})
+    return b"".join(bytes(p) for p in parts)
+
+
+def test_every_truncation_raises_protocol_error():
+    payload = _request_payload()
+    for k in range(len(payload)):
+        with pytest.raises(P.ProtocolError):
+            P.decode_request(bytearray(payload[:k]), LIMITS)
+    with pytest.raises(P.ProtocolError, match="trailing"):
+        P.decode_request(bytearray(payload + b"\0"), LIMITS)
+
+
+def test_limits_checked_before_allocation():
+    # a tensor header claiming 2**32-1 x 2**32-1 float64: refused, nothing allocated
+    head = struct.pack("<QI", 1, 1) + P.pack_mask([True]) + struct.pack("<I", 1)
+    tensor = (
+        struct.pack("<H", 1)
+        + b"x"
+        + struct.pack("<BB", 4, 2)
+        + struct.pack("<II", *[2**32 - 1] * 2)
+    )
+    with pytest.raises(P.ProtocolError) as e:
+        P.decode_request(bytearray(head + tensor), LIMITS)
+    assert e.value.code == P.ErrorCode.TOO_LARGE
+    many = struct.pack("<QI", 1, 1) + P.pack_mask([True]) + struct.pack("<I", 10**9)
+    with pytest.raises(P.ProtocolError) as e:
+        P.decode_request(bytearray(many), LIMITS)
+    assert e.value.code == P.ErrorCode.TOO_LARGE
+    huge_mask = struct.pack("<QI", 1, 2**31)
+    with pytest.raises(P.ProtocolError) as e:
+        P.decode_request(bytearray(huge_mask), LIMITS)
+    assert e.value.code == P.ErrorCode.TOO_LARGE
+
+
+def test_bad_bool_bytes_refused():
+    head = struct.pack("<QI", 1, 1) + P.pack_mask([True]) + struct.pack("<I", 1)
+    tensor = struct.pack("<H", 1) + b"x" + struct.pack("<BB", 10, 1) + struct.pack("<I", 2)
+    with pytest.raises(P.ProtocolError, match="bool"):
+        P.decode_request(bytearray(head + tensor + b"\x01\x07"), LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("header", "code"),
+    [
+        (struct.pack("<4sBBHI", b"XXXX", 1, 3, 0, 0), P.ErrorCode.BAD_FRAME),
+        (struct.pack("<4sBBHI", b"CICF", 9, 3, 0, 0), P.ErrorCode.BAD_VERSION),
+        (struct.pack("<4sBBHI", b"CICF", 1, 99, 0, 0), P.ErrorCode.UNKNOWN_TYPE),
+        (struct.pack("<4sBBHI", b"CICF", 1, 3, 1, 0), P.ErrorCode.BAD_FRAME),
+        (struct.pack("<4sBBHI", b"CICF", 1, 3, 0, 2**32 - 1), P.ErrorCode.TOO_LARGE),
+    ],
+)
+def test_parse_header_errors(header, code):
+    with pytest.raises(P.ProtocolError) as e:
+        P.parse_header(header, LIMITS)
+    assert e.value.code == code
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_fuzzed_payloads_raise_only_protocol_error(data):
+    payload = bytearray(_request_payload())
+    kind = data.draw(st.sampled_from(["flip", "cut", "random"]))
+    if kind == "flip":
+        for _ in range(data.draw(st.integers(1, 8))):
+            i = data.draw(st.integers(0, len(payload) - 1))
+            payload[i] = data.draw(st.integers(0, 255))
+    elif kind == "cut":
+        payload = payload[: data.draw(st.integers(0, len(payload)))]
+    else:
+        payload = bytearray(data.draw(st.binary(max_size=200)))
+    for decode in (P.decode_request, P.decode_result):
+        with contextlib.suppress(P.ProtocolError):
+            decode(bytearray(payload), LIMITS)
+    with contextlib.suppress(P.ProtocolError):
+        P.decode_hello(payload, LIMITS)
+    with contextlib.suppress(P.ProtocolError):
+        P.decode_error(payload, LIMITS)
+
+
+# -- a live server -----------------------------------------------------------------------
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.relu(self.conv(x)), 1))
+
+
+@pytest.fixture(scope="module")
+def live():
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    x = torch.randn(1, 3, 8, 8)
+    graph = trace(model, x)
+    srv = Server(model, x, graph=graph, limits=LIMITS, timeout_s=2.0).start()
+    yield model, x, graph, srv
+    srv.close()
+
+
+def _raw(srv: Server) -> socket.socket:
+    return socket.create_connection(srv.address, timeout=TIMEOUT_S)
+
+
+def _hello(sock: socket.socket, fp: str) -> None:
+    P.send_frame(sock, P.MsgType.HELLO, [P.encode_hello(fp)])
+    kind, payload = P.recv_frame(sock, LIMITS)
+    assert kind == P.MsgType.HELLO_OK, payload
+    assert P.decode_hello(payload, LIMITS, reply=True)[0] == fp
+
+
+def _expect_error(sock: socket.socket, code: P.ErrorCode) -> None:
+    kind, payload = P.recv_frame(sock, LIMITS)
+    assert kind == P.MsgType.ERROR
+    err = P.decode_error(payload, LIMITS)
+    assert err.code == code, err
+
+
+def _expect_closed(sock: socket.socket) -> None:
+    with pytest.raises((EOFError, ConnectionError)):
+        P.recv_frame(sock, LIMITS)
+
+
+def _still_serving(live) -> None:
+    model, x, graph, srv = live
+    dev = Profile.from_times(graph, np.full(graph.n_nodes, 1e-3))
+    with Client(
+        model,
+        x,
+        srv.address,
+        device_profile=dev,
+        server_profile=dev.scaled(0.1),
+        graph=graph,
+        bandwidth_bps=1e12,
+        timeout_s=TIMEOUT_S,
+    ) as cli:
+        out = cli.infer(x)
+        assert cli.last is not None and not cli.last.fallback, cli.last.error
+        with torch.inference_mode():
+            assert torch.equal(out, model(x))
+
+
+def _request(graph, on, tensors) -> list:
+    parts, _ = P.encode_request(1, on, tensors)
+    return parts
+
+
+def _all_server(graph) -> np.ndarray:
+    on = np.zeros(graph.n_nodes, dtype=bool)
+    on[graph.inputs] = True
+    return on
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", P.ErrorCode.BAD_FRAME),
+        (struct.pack("<4sBBHI", b"CICF", 2, 1, 0, 0), P.ErrorCode.BAD_VERSION),
+        (struct.pack("<4sBBHI", b"CICF", 1, 77, 0, 0), P.ErrorCode.UNKNOWN_TYPE),
+        (struct.pack("<4sBBHI", b"CICF", 1, 1, 0, 2**31), P.ErrorCode.TOO_LARGE),
+        (P.frame_header(P.MsgType.INFER, 0), P.ErrorCode.NOT_READY),
+        (P.frame_header(P.MsgType.HELLO, 3) + b"\x01\x00\xff", P.ErrorCode.BAD_FRAME),
+    ],
+)
+def test_bad_first_frame_error_then_close(live, raw, code):
+    with _raw(live[3]) as s:
+        s.sendall(raw)
+        _expect_error(s, code)
+        _expect_closed(s)
+    _still_serving(live)
+
+
+def test_fingerprint_mismatch_error_frame(live):
+    with _raw(live[3]) as s:
+        P.send_frame(s, P.MsgType.HELLO, [P.encode_hello("0" * 64)])
+        _expect_error(s, P.ErrorCode.FINGERPRINT)
+        _expect_closed(s)
+    _still_serving(live)
+
+
+def test_request_errors_keep_the_connection(live):
+    model, x, graph, srv = live
+    head, _, _ = build_parts(graph, _all_server(graph))
+    with torch.inference_mode():
+        good = head(x)
+    name = next(iter(good))
+    with _raw(srv) as s:
+        _hello(s, srv.fingerprint)
+        # input on the server
+        P.send_frame(s, P.MsgType.INFER, _request(graph, np.zeros(graph.n_nodes, bool), good))
+        _expect_error(s, P.ErrorCode.BAD_PARTITION)
+        # everything on the device: nothing to do
+        P.send_frame(s, P.MsgType.INFER, _request(graph, np.ones(graph.n_nodes, bool), good))
+        _expect_error(s, P.ErrorCode.BAD_PARTITION)
+        # not closed under predecessors: conv on the server, relu on the device
+        on = _all_server(graph)
+        on[graph.names.index("relu")] = True
+        P.send_frame(s, P.MsgType.INFER, _request(graph, on, good))
+        _expect_error(s, P.ErrorCode.BAD_PARTITION)
+        # wrong mask length
+        P.send_frame(s, P.MsgType.INFER, _request(graph, _all_server(graph)[:-1], good))
+        _expect_error(s, P.ErrorCode.BAD_PARTITION)
+        # wrong tensor shape, dtype, name
+        for bad in (
+            {name: torch.zeros(1, 3, 4, 4)},
+            {name: good[name].double()},
+            {"nope": good[name]},
+            {},
+        ):
+            P.send_frame(s, P.MsgType.INFER, _request(graph, _all_server(graph), bad))
+            _expect_error(s, P.ErrorCode.BAD_TENSOR)
+        # and the same connection still works
+        P.send_frame(s, P.MsgType.INFER, _request(graph, _all_server(graph), good))
+        kind, payload = P.recv_frame(s, LIMITS)
+        assert kind == P.MsgType.RESULT
+        _, _, leaves = P.decode_result(payload, LIMITS)
+        with torch.inference_mode():
+            assert torch.equal(leaves[0], model(x))
+        # probe
+        P.send_frame(s, P.MsgType.PROBE, [bytes(1000)])
+        kind, payload = P.recv_frame(s, LIMITS)
+        assert kind == P.MsgType.PROBE_OK and struct.unpack("<Q", payload)[0] == 1000
+        # a server-to-client frame type from a client: refused, closed
+        P.send_frame(s, P.MsgType.RESULT, [b""])
+        _expect_error(s, P.ErrorCode.UNKNOWN_TYPE)
+        _expect_closed(s)
+    _still_serving(live)
+
+
+def test_oversized_tensor_after_hello(live):
+    srv = live[3]
+    with _raw(srv) as s:
+        _hello(s, srv.fingerprint)
+        s.sendall(P.frame_header(P.MsgType.INFER, LIMITS.max_frame_bytes + 1))
+        _expect_error(s, P.ErrorCode.TOO_LARGE)
+        _expect_closed(s)
+    _still_serving(live)
+
+
+def test_truncated_frames_then_hangup(live):
+    _, x, graph, srv = live
+    head, _, _ = build_parts(graph, _all_server(graph))
+    with torch.inference_mode():
+        good = head(x)
+    parts = _request(graph, _all_server(graph), good)
+    payload = b"".join(bytes(p) for p in parts)
+    frame = P.frame_header(P.MsgType.INFER, len(payload)) + payload
+    for cut in (1, 11, 12, 40, len(frame) - 1):
+        with _raw(srv) as s:
+            _hello(s, srv.fingerprint)
+            s.sendall(frame[:cut])
+    _still_serving(live)
+
+
+def test_stalled_client_is_dropped(live):
+    """A client that sends half a frame and waits is dropped after the server timeout."""
+    srv = live[3]
+    with _raw(srv) as s:
+        _hello(s, srv.fingerprint)
+        s.sendall(P.frame_header(P.MsgType.INFER, 100)[:5])
+        _still_serving(live)  # others are served meanwhile
+        s.settimeout(srv.timeout_s + 3)
+        _expect_closed(s)
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    after_hello=st.booleans(),
+    msg_type=st.integers(0, 255),
+    body=st.binary(max_size=300),
+    claim=st.one_of(st.none(), st.integers(0, 2**32 - 1)),
+)
+def test_fuzzed_frames_leave_server_serving(live, after_hello, msg_type, body, claim):
+    srv = live[3]
+    with _raw(srv) as s:
+        if after_hello:
+            _hello(s, srv.fingerprint)
+        length = len(body) if claim is None else claim
+        with contextlib.suppress(OSError):  # the server may have hung up already
+            s.sendall(struct.pack("<4sBBHI", b"CICF", 1, msg_type, 0, length) + body)
+            s.shutdown(socket.SHUT_WR)
+        # whatever the server does, it answers or closes within its timeout
+        with contextlib.suppress(P.ProtocolError, OSError, EOFError):
+            while True:
+                kind, _ = P.recv_frame(s, LIMITS)
+                if kind == P.MsgType.ERROR:
+                    break
+    assert srv._accept_thread is not None and srv._accept_thread.is_alive()
+
+
+def test_server_alive_after_fuzz(live):
+    _still_serving(live)
+    assert live[3].stats["requests"] >= 1

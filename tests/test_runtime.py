@@ -1,0 +1,534 @@
+"""Collaborative inference runtime: Server + Client over loopback.
+
+Every server runs in this process on 127.0.0.1 port 0 (a thread), or as a
+``cic-fast serve`` subprocess started with a timeout; every socket has a timeout,
+so no test can hang.  Models are small (a two-branch CNN, resnet18 and googlenet at
+32x32 with 10 classes), one torch thread.
+
+The bandwidth test shapes the link with a user-space token bucket (a TCP proxy
+that forwards each chunk only after its serialization time at the chosen rate) and
+requires the client's estimate within 25 % of that rate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+nn = torch.nn
+
+from cic_fast.client import BandwidthEstimator, Client  # noqa: E402
+from cic_fast.profile import Profile  # noqa: E402
+from cic_fast.server import Server  # noqa: E402
+from cic_fast.split import boundary_of  # noqa: E402
+from cic_fast.trace import trace  # noqa: E402
+
+TIMEOUT_S = 5.0
+
+
+class TwoBranch(nn.Module):
+    """A small CNN with two parallel branches and a tuple output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.a = nn.Conv2d(8, 4, 3, padding=1)
+        self.b = nn.Conv2d(8, 4, 1)
+        self.head = nn.Linear(8 * 16 * 16, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.stem(x))
+        y = torch.cat([torch.relu(self.a(y)), torch.sigmoid(self.b(y))], dim=1)
+        y = nn.functional.max_pool2d(y, 2)
+        logits = self.head(torch.flatten(y, 1))
+        return logits, logits.softmax(-1)
+
+
+class Setup:
+    """A model, its graph and profiles (device 10x slower than the server)."""
+
+    def __init__(self, model, x, device_layer_s: float = 1e-3, server_factor: float = 0.1):
+        self.model = model.eval()
+        self.x = x
+        self.graph = trace(self.model, x)
+        n = self.graph.n_nodes
+        self.dev = Profile.from_times(self.graph, np.full(n, device_layer_s))
+        self.srv = self.dev.scaled(server_factor)
+        with torch.inference_mode():
+            self.expected = self.model(x)
+
+    def server(self, **kw) -> Server:
+        kw.setdefault("timeout_s", TIMEOUT_S)
+        return Server(self.model, self.x, graph=self.graph, **kw).start()
+
+    def client(self, address, **kw) -> Client:
+        kw.setdefault("timeout_s", TIMEOUT_S)
+        return Client(
+            self.model,
+            self.x,
+            address,
+            device_profile=self.dev,
+            server_profile=self.srv,
+            graph=self.graph,
+            **kw,
+        )
+
+    def all_server(self) -> np.ndarray:
+        on = np.zeros(self.graph.n_nodes, dtype=bool)
+        on[self.graph.inputs] = True
+        return on
+
+    def prefix(self, k: int) -> np.ndarray:
+        on = np.zeros(self.graph.n_nodes, dtype=bool)
+        on[:k] = True
+        on[self.graph.inputs] = True
+        return on
+
+
+def assert_same(a, b) -> None:
+    if isinstance(a, tuple | list):
+        assert type(a) is type(b) and len(a) == len(b)
+        for u, v in zip(a, b, strict=True):
+            assert_same(u, v)
+    else:
+        assert isinstance(b, torch.Tensor)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return Setup(TwoBranch(), torch.randn(1, 3, 32, 32))
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    return Setup(torchvision.models.resnet18(num_classes=10), torch.randn(1, 3, 32, 32))
+
+
+@pytest.fixture(scope="module")
+def googlenet():
+    torch.manual_seed(0)
+    m = torchvision.models.googlenet(num_classes=10, aux_logits=False, init_weights=False)
+    return Setup(m, torch.randn(1, 3, 32, 32))
+
+
+def closed_down(graph, seeds: np.ndarray) -> np.ndarray:
+    """The smallest device set holding ``seeds`` and the inputs, closed under predecessors."""
+    pred = graph.predecessors()
+    on = np.zeros(graph.n_nodes, dtype=bool)
+    stack = [*np.flatnonzero(seeds).tolist(), *graph.inputs.tolist()]
+    while stack:
+        v = stack.pop()
+        if not on[v]:
+            on[v] = True
+            stack.extend(pred[v])
+    return on
+
+
+# -- round trips -----------------------------------------------------------------------
+
+
+def test_round_trip_forced_partitions_tiny(tiny):
+    n = tiny.graph.n_nodes
+    with tiny.server() as srv, tiny.client(srv.address) as cli:
+        for on in [tiny.all_server(), *(tiny.prefix(k) for k in range(2, n))]:
+            out = cli.infer_partition(on, tiny.x)
+            assert_same(tiny.expected, out)
+            rec = cli.last
+            assert rec is not None
+            assert not rec.fallback, rec.error
+            assert np.array_equal(rec.partition.on_device, on)
+            if on.all():
+                assert rec.bytes_sent == 0
+            else:
+                assert rec.bytes_sent == int(
+                    tiny.graph.out_bytes[boundary_of(tiny.graph, on)].sum()
+                )
+                assert rec.server_s > 0 and rec.transfer_s >= 0
+        assert srv.stats["errors"] == 0
+        # the tails were cached: the same partitions again build nothing new
+        built = srv.stats["tails_built"]
+        cli.infer_partition(tiny.all_server(), tiny.x)
+        assert srv.stats["tails_built"] == built
+
+
+def test_tail_cache_is_lru(tiny):
+    with tiny.server(cache_size=2) as srv, tiny.client(srv.address) as cli:
+        a, b, c = tiny.prefix(2), tiny.prefix(3), tiny.prefix(4)
+        for on in (a, b, a, c):  # c evicts b, the least recently used
+            assert_same(tiny.expected, cli.infer_partition(on, tiny.x))
+        assert srv.cached_tails == 2 and srv.stats["tails_built"] == 3
+        cli.infer_partition(a, tiny.x)
+        assert srv.stats["tails_built"] == 3
+        cli.infer_partition(b, tiny.x)
+        assert srv.stats["tails_built"] == 4
+
+
+def test_planner_decisions_resnet(resnet):
+    """all-device at a slow link, all-server at a fast one, a middle cut in between."""
+    with resnet.server() as srv, resnet.client(srv.address) as cli:
+        seen = set()
+        for bw in (1e3, 3e4, 1e6, 1e7, 1e10):
+            cli.bandwidth_bps = bw
+            out = cli.infer(resnet.x)
+            assert_same(resnet.expected, out)
+            rec = cli.last
+            assert rec is not None and not rec.fallback, rec.error
+            assert rec.bandwidth_estimate_bps == bw
+            assert np.array_equal(rec.partition.on_device, cli.planner.decide(bw).on_device)
+            seen.add(int(rec.partition.on_device.sum()))
+        n = resnet.graph.n_nodes
+        assert n in seen and 1 in seen
+        assert len(seen) >= 3, seen  # a middle cut too
+
+
+def test_multi_tensor_cuts_googlenet(googlenet):
+    g = googlenet.graph
+    rng = np.random.default_rng(0)
+    cuts = []
+    while len(cuts) < 4:
+        seeds = np.zeros(g.n_nodes, dtype=bool)
+        seeds[rng.integers(0, g.n_nodes - 1, size=3)] = True
+        on = closed_down(g, seeds)
+        if not on.all() and len(boundary_of(g, on)) >= 2:
+            cuts.append(on)
+    with googlenet.server() as srv, googlenet.client(srv.address) as cli:
+        for on in cuts:
+            assert_same(googlenet.expected, cli.infer_partition(on, googlenet.x))
+            assert cli.last is not None and not cli.last.fallback, cli.last.error
+        assert srv.stats["requests"] == len(cuts)
+
+
+def test_concurrent_clients(tiny):
+    n = tiny.graph.n_nodes
+    errors: list[BaseException] = []
+    with tiny.server() as srv:
+
+        def work(seed: int) -> None:
+            try:
+                with tiny.client(srv.address) as cli:
+                    for i in range(6):
+                        on = tiny.prefix(1 + (seed + i) % (n - 1))
+                        out = cli.infer_partition(on, tiny.x)
+                        assert_same(tiny.expected, out)
+                        assert cli.last is not None and not cli.last.fallback
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(s,)) for s in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not any(t.is_alive() for t in threads)
+        assert not errors, errors
+        assert srv.stats["connections"] >= 6
+
+
+def test_max_clients_busy_then_fallback(tiny):
+    with tiny.server(max_clients=1) as srv:
+        from cic_fast import protocol as P
+
+        hog = socket.create_connection(srv.address, timeout=TIMEOUT_S)
+        try:
+            # once the hog's handshake is answered, it holds the only slot
+            P.send_frame(hog, P.MsgType.HELLO, [P.encode_hello(srv.fingerprint)])
+            assert P.recv_frame(hog, P.Limits())[0] == P.MsgType.HELLO_OK
+            with tiny.client(srv.address) as cli:
+                assert_same(tiny.expected, cli.infer_partition(tiny.all_server(), tiny.x))
+                assert cli.last is not None and cli.last.fallback
+                assert "BUSY" in (cli.last.error or "")
+        finally:
+            hog.close()
+
+
+# -- faults ----------------------------------------------------------------------------
+
+
+def test_connection_refused_falls_back(tiny):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    addr = s.getsockname()
+    s.close()  # nothing listens there now
+    with tiny.client(addr, bandwidth_bps=1e10) as cli:
+        out = cli.infer(tiny.x)
+        assert_same(tiny.expected, out)
+        assert cli.last is not None and cli.last.fallback
+        # without a bandwidth the probe fails too: computed on the device
+        cli.bandwidth_bps = None
+        cli._down_until = 0.0
+        assert_same(tiny.expected, cli.infer(tiny.x))
+        assert cli.last.fallback and cli.last.partition.on_device.all()
+
+
+def test_server_killed_mid_session_falls_back(tiny):
+    srv = tiny.server()
+    cli = tiny.client(srv.address, bandwidth_bps=1e10, retry_s=0.0)
+    try:
+        assert_same(tiny.expected, cli.infer(tiny.x))
+        assert cli.last is not None and not cli.last.fallback
+        srv.close()
+        for _ in range(3):
+            assert_same(tiny.expected, cli.infer(tiny.x))
+            assert cli.last.fallback and cli.last.error
+    finally:
+        cli.close()
+        srv.close()
+
+
+def test_server_silent_times_out_and_falls_back(tiny):
+    """A server that accepts and never answers: the client's timeout bounds the wait."""
+    lsock = socket.create_server(("127.0.0.1", 0))
+    try:
+        with tiny.client(lsock.getsockname(), bandwidth_bps=1e10, timeout_s=0.5) as cli:
+            t0 = time.monotonic()
+            assert_same(tiny.expected, cli.infer(tiny.x))
+            assert time.monotonic() - t0 < 3
+            assert cli.last is not None and cli.last.fallback
+            assert "timed out" in (cli.last.error or "")
+    finally:
+        lsock.close()
+
+
+def test_fingerprint_mismatch_refused_and_served_locally(tiny):
+    other = TwoBranch().eval()
+    with torch.no_grad():
+        other.load_state_dict(tiny.model.state_dict())
+        other.head.bias.add_(1.0)  # same architecture, different weights
+    with tiny.server() as srv:
+        cli = Client(
+            other,
+            tiny.x,
+            srv.address,
+            device_profile=tiny.dev,
+            server_profile=tiny.srv,
+            bandwidth_bps=1e10,
+            timeout_s=TIMEOUT_S,
+        )
+        with cli:
+            assert cli.fingerprint != srv.fingerprint
+            out = cli.infer(tiny.x)
+            with torch.inference_mode():
+                assert_same(other(tiny.x), out)
+            assert cli.last is not None and cli.last.fallback
+            assert "FINGERPRINT" in (cli.last.error or "")
+        assert srv.stats["requests"] == 0
+        # the server still serves the right model
+        with tiny.client(srv.address, bandwidth_bps=1e10) as good:
+            assert_same(tiny.expected, good.infer(tiny.x))
+            assert good.last is not None and not good.last.fallback
+
+
+def test_error_frame_falls_back(tiny):
+    """A server that answers a request with an error frame: the device computes."""
+    from cic_fast import protocol as P
+
+    class Failing(Server):
+        def run_tail(self, on_device, tensors):
+            raise P.ProtocolError(P.ErrorCode.INTERNAL, "out of memory (simulated)")
+
+    with Failing(tiny.model, tiny.x, graph=tiny.graph, timeout_s=TIMEOUT_S).start() as srv:
+        with tiny.client(srv.address, bandwidth_bps=1e10, retry_s=0.0) as cli:
+            for _ in range(2):
+                assert_same(tiny.expected, cli.infer(tiny.x))
+                assert cli.last is not None and cli.last.fallback
+                assert "INTERNAL" in (cli.last.error or "")
+        assert srv.stats["errors"] == 2
+
+
+def test_request_over_server_frame_limit_served_locally(tiny):
+    from cic_fast import protocol as P
+
+    with tiny.server(limits=P.Limits(max_frame_bytes=1024)) as srv:
+        with tiny.client(srv.address, bandwidth_bps=1e10) as cli:
+            assert_same(tiny.expected, cli.infer_partition(tiny.all_server(), tiny.x))
+            assert cli.last is not None and cli.last.fallback
+            assert "frame limit" in (cli.last.error or "")
+        assert srv.stats["requests"] == 0
+
+
+# -- bandwidth ---------------------------------------------------------------------------
+
+
+def test_estimator_median_window_and_age():
+    est = BandwidthEstimator(window=3, max_age_s=10.0, min_bytes=100)
+    assert est.estimate() is None
+    est.add(8 * 50, 1.0, now=0.0)  # too small to be a sample
+    assert est.estimate(now=0.0) is None
+    for bps in (1e6, 2e6, 100e6, 3e6):
+        est.add(bps * 0.01, 0.01, now=1.0)
+    assert est.estimate(now=1.0) == pytest.approx(3e6)  # median of the last 3
+    assert est.estimate(now=20.0) is None  # stale
+    est.add(1e6, 0.0)
+    assert len(est) == 3
+
+
+class TokenBucketLink:
+    """A TCP proxy whose both directions run at ``rate_bps``.
+
+    Each chunk read (at most ``chunk`` bytes) is forwarded when its serialization
+    would finish on a link of that rate: a store-and-forward link with no queue
+    limit.  Stop with :meth:`close`.
+    """
+
+    def __init__(self, upstream, rate_bps: float, chunk: int = 16384) -> None:
+        self.upstream = upstream
+        self.rate_Bps = rate_bps / 8
+        self.chunk = chunk
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.lsock.settimeout(0.2)
+        self.address = self.lsock.getsockname()
+        self.stop = threading.Event()
+        self.socks: list[socket.socket] = []
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                a, _ = self.lsock.accept()
+            except (TimeoutError, OSError):
+                continue
+            b = socket.create_connection(self.upstream, timeout=TIMEOUT_S)
+            for s in (a, b):
+                s.settimeout(TIMEOUT_S)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.socks += [a, b]
+            for src, dst in ((a, b), (b, a)):
+                t = threading.Thread(target=self._pump, args=(src, dst), daemon=True)
+                self.threads.append(t)
+                t.start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        clock = 0.0
+        with contextlib.suppress(OSError):
+            while not self.stop.is_set():
+                data = src.recv(self.chunk)
+                if not data:
+                    break
+                clock = max(clock, time.perf_counter()) + len(data) / self.rate_Bps
+                while (wait := clock - time.perf_counter()) > 0:
+                    time.sleep(wait)
+                dst.sendall(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.lsock.close()
+        for s in self.socks:
+            with contextlib.suppress(OSError):
+                s.close()
+        for t in self.threads:
+            t.join(2)
+
+
+@pytest.mark.parametrize("rate_mbit", [1.0, 4.0])
+def test_bandwidth_estimate_converges_on_shaped_link(resnet, rate_mbit):
+    """Estimate within 25 % of a token-bucket link's rate after a few requests.
+
+    The device is 100x slower than the server, so at these rates the Planner
+    offloads the 12 KB input: every request is a sample.
+    """
+    rate = rate_mbit * 1e6
+    dev = resnet.dev.scaled(10.0)
+    srv = resnet.dev.scaled(0.1)
+    with resnet.server() as srv_, contextlib.closing(TokenBucketLink(srv_.address, rate)) as link:
+        cli = Client(
+            resnet.model,
+            resnet.x,
+            link.address,
+            device_profile=dev,
+            server_profile=srv,
+            graph=resnet.graph,
+            timeout_s=TIMEOUT_S,
+        )
+        with cli:
+            for i in range(8):
+                assert_same(resnet.expected, cli.infer(resnet.x))
+                assert cli.last is not None and cli.last.probed == (i == 0)
+                assert cli.last is not None and not cli.last.fallback, cli.last.error
+                assert cli.last.bytes_sent > 0
+            est = cli.estimator.estimate()
+            assert est is not None
+            assert abs(est - rate) / rate < 0.25, (est, rate)
+            assert cli.last.bandwidth_estimate_bps is not None
+
+
+# -- the CLI server in a subprocess ------------------------------------------------------
+
+
+def _serve_cmd(*args: str) -> list[str]:
+    # `python -m cic_fast` is the `cic-fast` console script, without relying on PATH.
+    return [sys.executable, "-m", "cic_fast", "serve", *args]
+
+
+def test_cli_serve_subprocess_and_kill(tmp_path):
+    """``cic-fast serve`` as a process; SIGKILL mid-session -> the client falls back."""
+    torch.manual_seed(1)
+    setup = Setup(torchvision.models.squeezenet1_1(), torch.randn(1, 3, 32, 32))
+    weights = tmp_path / "w.pt"
+    torch.save(setup.model.state_dict(), weights)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        _serve_cmd(
+            "torchvision:squeezenet1_1",
+            "--weights",
+            str(weights),
+            "--input-shape",
+            "1,3,32,32",
+            "--port",
+            "0",
+            "--threads",
+            "1",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        line = _read_line(proc, 60)
+        assert line.startswith("listening on 127.0.0.1:"), line
+        port = int(line.rsplit(":", 1)[1])
+        with setup.client(("127.0.0.1", port), bandwidth_bps=1e10, retry_s=0.0) as cli:
+            assert_same(setup.expected, cli.infer(setup.x))
+            assert cli.last is not None and not cli.last.fallback, cli.last.error
+            assert cli.last.bytes_sent > 0
+            proc.kill()
+            proc.wait(10)
+            assert_same(setup.expected, cli.infer(setup.x))
+            assert cli.last.fallback
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def _read_line(proc: subprocess.Popen, timeout_s: float) -> str:
+    box: list[str] = []
+    t = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if not box:
+        proc.kill()
+        raise AssertionError(f"server did not start in {timeout_s} s: {proc.stderr.read()}")
+    if not box[0]:
+        raise AssertionError(f"server exited: {proc.stderr.read()}")
+    return box[0].strip()
