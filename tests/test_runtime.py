@@ -28,6 +28,7 @@ torchvision = pytest.importorskip("torchvision")
 nn = torch.nn
 
 from cic_fast.client import BandwidthEstimator, Client  # noqa: E402
+from cic_fast.linkemu import TokenBucketLink  # noqa: E402
 from cic_fast.profile import Profile  # noqa: E402
 from cic_fast.server import Server  # noqa: E402
 from cic_fast.split import boundary_of  # noqa: E402
@@ -374,67 +375,6 @@ def test_estimator_median_window_and_age():
     assert est.estimate(now=20.0) is None  # stale
     est.add(1e6, 0.0)
     assert len(est) == 3
-
-
-class TokenBucketLink:
-    """A TCP proxy whose both directions run at ``rate_bps``.
-
-    Each chunk read (at most ``chunk`` bytes) is forwarded when its serialization
-    would finish on a link of that rate: a store-and-forward link with no queue
-    limit.  Stop with :meth:`close`.
-    """
-
-    def __init__(self, upstream, rate_bps: float, chunk: int = 16384) -> None:
-        self.upstream = upstream
-        self.rate_Bps = rate_bps / 8
-        self.chunk = chunk
-        self.lsock = socket.create_server(("127.0.0.1", 0))
-        self.lsock.settimeout(0.2)
-        self.address = self.lsock.getsockname()
-        self.stop = threading.Event()
-        self.socks: list[socket.socket] = []
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
-
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                a, _ = self.lsock.accept()
-            except (TimeoutError, OSError):
-                continue
-            b = socket.create_connection(self.upstream, timeout=TIMEOUT_S)
-            for s in (a, b):
-                s.settimeout(TIMEOUT_S)
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.socks += [a, b]
-            for src, dst in ((a, b), (b, a)):
-                t = threading.Thread(target=self._pump, args=(src, dst), daemon=True)
-                self.threads.append(t)
-                t.start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        clock = 0.0
-        with contextlib.suppress(OSError):
-            while not self.stop.is_set():
-                data = src.recv(self.chunk)
-                if not data:
-                    break
-                clock = max(clock, time.perf_counter()) + len(data) / self.rate_Bps
-                while (wait := clock - time.perf_counter()) > 0:
-                    time.sleep(wait)
-                dst.sendall(data)
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.lsock.close()
-        for s in self.socks:
-            with contextlib.suppress(OSError):
-                s.close()
-        for t in self.threads:
-            t.join(2)
 
 
 @pytest.mark.parametrize("rate_mbit", [1.0, 4.0])

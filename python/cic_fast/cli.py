@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="bandwidths to sweep, in Mbit/s",
     )
     demo.set_defaults(func=_demo)
+    from cic_fast.cli_evaluate import add_evaluate_parser
     from cic_fast.cli_model import add_profile_parser, add_split_parser
     from cic_fast.cli_plan import add_plan_parser
     from cic_fast.cli_serve import add_serve_parser
@@ -131,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_split_parser(sub)
     add_plan_parser(sub)
     add_serve_parser(sub)
+    add_evaluate_parser(sub)
     return parser
 
 

@@ -1,0 +1,385 @@
+"""Emulate an edge device and its link on one machine.
+
+Three pieces, each with a fallback where the machine does not allow it:
+
+* :class:`TokenBucketLink`: a user-space TCP proxy whose two directions each run at
+  ``rate_bps`` (a store-and-forward token bucket), with an optional one-way delay
+  (``rtt_s / 2`` each way, a delay line that does not limit the rate).  Needs
+  nothing but sockets.
+* :class:`NetnsLink`: two network namespaces joined by a veth pair, each end shaped
+  by a ``tbf`` qdisc (netem is not needed, and often absent).  Needs root and the
+  ``ip`` / ``tc`` tools; :func:`netns_available` says whether it works here.
+* :class:`CpuQuota`: a cgroup v1 CPU controller group whose ``cpu.cfs_quota_us``
+  gives its processes ``1 / slowdown`` of one core; a process joins it with
+  :meth:`CpuQuota.join`.  :func:`cgroup_available` says whether it works here.
+
+Everything has a timeout; every helper cleans up what it created (``close``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+__all__ = [
+    "CpuQuota",
+    "NetnsLink",
+    "TokenBucketLink",
+    "cgroup_available",
+    "netns_available",
+]
+
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+_CMD_TIMEOUT_S = 10.0
+
+
+class TokenBucketLink:
+    """A TCP proxy whose both directions run at ``rate_bps``.
+
+    Each chunk read (at most ``chunk`` bytes) is forwarded when its serialization
+    would finish on a link of that rate (a store-and-forward link with no queue
+    limit), plus a propagation delay of ``rtt_s / 2``.  The rate may be changed
+    while connections are open (:attr:`rate_bps`).  Stop with :meth:`close`.
+
+    Parameters
+    ----------
+    upstream : tuple of (str, int)
+        Where connections are forwarded.
+    rate_bps : float
+        Link rate in bits per second, each direction.
+    chunk : int
+        Largest chunk forwarded at once.
+    rtt_s : float
+        Extra round-trip delay (half each way).
+    timeout_s : float
+        Socket timeout of every forwarded connection.
+    """
+
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        rate_bps: float,
+        *,
+        chunk: int = 16384,
+        rtt_s: float = 0.0,
+        timeout_s: float = 30.0,
+    ) -> None:
+        if not rate_bps > 0 or chunk < 1 or rtt_s < 0 or not timeout_s > 0:
+            raise ValueError("rate_bps > 0, chunk >= 1, rtt_s >= 0 and timeout_s > 0 required")
+        self.upstream = upstream
+        self.rate_bps = float(rate_bps)
+        self.chunk = int(chunk)
+        self.rtt_s = float(rtt_s)
+        self.timeout_s = float(timeout_s)
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.lsock.settimeout(0.2)
+        host, port = self.lsock.getsockname()[:2]
+        self.address = (str(host), int(port))
+        self._stop = threading.Event()
+        self._socks: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                a, _ = self.lsock.accept()
+            except (TimeoutError, OSError):
+                continue
+            try:
+                b = socket.create_connection(self.upstream, timeout=self.timeout_s)
+            except OSError:
+                a.close()
+                continue
+            for s in (a, b):
+                s.settimeout(self.timeout_s)
+                with contextlib.suppress(OSError):
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._socks += [a, b]
+            for src, dst in ((a, b), (b, a)):
+                t = threading.Thread(target=self._pump, args=(src, dst), daemon=True)
+                self._threads.append(t)
+                t.start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        # A reader stamps each chunk with the time it arrives at the far end: when its
+        # serialization at the rate ends, plus the one-way propagation delay rtt/2
+        # (which does not lower the rate); a writer sends the chunks at those times.
+        # The bounded queue gives the sender backpressure.
+        chunks: queue.Queue[tuple[float, bytes] | None] = queue.Queue(maxsize=64)
+        writer = threading.Thread(target=self._write, args=(chunks, dst), daemon=True)
+        writer.start()
+        clock = 0.0
+        with contextlib.suppress(OSError):
+            while not self._stop.is_set():
+                data = src.recv(self.chunk)
+                if not data:
+                    break
+                now = time.perf_counter()
+                clock = max(clock, now) + 8 * len(data) / self.rate_bps
+                while not self._stop.is_set():
+                    with contextlib.suppress(queue.Full):
+                        chunks.put((clock + self.rtt_s / 2, data), timeout=0.2)
+                        break
+        with contextlib.suppress(queue.Full):
+            chunks.put(None, timeout=self.timeout_s)
+        writer.join(self.timeout_s)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def _write(self, chunks: queue.Queue[tuple[float, bytes] | None], dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while not self._stop.is_set():
+                try:
+                    item = chunks.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if item is None:
+                    return
+                due, data = item
+                while (wait := due - time.perf_counter()) > 0:
+                    time.sleep(wait)
+                dst.sendall(data)
+
+    def close(self) -> None:
+        """Stop forwarding and close every socket."""
+        self._stop.set()
+        self.lsock.close()
+        for s in self._socks:
+            with contextlib.suppress(OSError):
+                s.close()
+        for t in self._threads:
+            t.join(2)
+
+    def __enter__(self) -> TokenBucketLink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=_CMD_TIMEOUT_S, check=False)
+
+
+def _check(cmd: list[str]) -> None:
+    r = _run(cmd)
+    if r.returncode != 0:
+        raise OSError(f"{' '.join(cmd)} failed: {r.stderr.strip() or r.stdout.strip()}")
+
+
+def tbf_args(rate_bps: float) -> list[str]:
+    """``tc`` arguments of a tbf qdisc at ``rate_bps``.
+
+    The bucket holds two MTU-sized packets (or 10 ms at the rate, if more) and the
+    queue one second of traffic (at least 64 KB), so TCP reaches the rate without a
+    burst above it.
+    """
+    if not rate_bps > 0:
+        raise ValueError("rate_bps must be > 0")
+    burst = max(3200, int(rate_bps / 8 * 0.01))
+    limit = max(65536, int(rate_bps / 8 * 1.0))
+    return ["tbf", "rate", f"{int(rate_bps)}bit", "burst", str(burst), "limit", str(limit)]
+
+
+class NetnsLink:
+    """Two network namespaces joined by a veth pair shaped by tbf in both directions.
+
+    The device namespace has address ``10.<net>.0.1``, the server namespace
+    ``10.<net>.0.2``.  Run a process inside one with :meth:`device_cmd` /
+    :meth:`server_cmd` (``ip netns exec``).  Change the rate with
+    :meth:`set_rate`.  :meth:`close` deletes both namespaces (and with them the
+    veth pair).
+
+    Parameters
+    ----------
+    rate_bps : float
+        Initial rate, bits per second, each direction.
+    prefix : str
+        Namespace and interface name prefix (keep it short: interface names are
+        limited to 15 characters).
+    net : int
+        Second byte of the 10.x.0.0/24 subnet used.
+
+    Raises
+    ------
+    OSError
+        If a command fails (not root, no ``ip``/``tc``, no tbf); whatever was
+        created is removed first.
+    """
+
+    def __init__(self, rate_bps: float, *, prefix: str | None = None, net: int = 199) -> None:
+        prefix = prefix or f"cic{os.getpid() % 100000}"
+        self.device_ns = f"{prefix}d"
+        self.server_ns = f"{prefix}s"
+        self.device_if = f"{prefix}vd"[:15]
+        self.server_if = f"{prefix}vs"[:15]
+        self.device_ip = f"10.{net}.0.1"
+        self.server_ip = f"10.{net}.0.2"
+        self._made: list[str] = []
+        try:
+            for ns in (self.device_ns, self.server_ns):
+                _check(["ip", "netns", "add", ns])
+                self._made.append(ns)
+            _check(
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    self.device_if,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    self.server_if,
+                ]
+            )
+            for ns, dev, ip in (
+                (self.device_ns, self.device_if, self.device_ip),
+                (self.server_ns, self.server_if, self.server_ip),
+            ):
+                _check(["ip", "link", "set", dev, "netns", ns])
+                _check(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev])
+                _check(["ip", "-n", ns, "link", "set", dev, "up"])
+                _check(["ip", "-n", ns, "link", "set", "lo", "up"])
+            self.rate_bps = 0.0
+            self.set_rate(rate_bps)
+        except BaseException:
+            self.close()
+            raise
+
+    def set_rate(self, rate_bps: float) -> None:
+        """Shape both directions to ``rate_bps`` (``tc qdisc replace ... tbf``)."""
+        for ns, dev in ((self.device_ns, self.device_if), (self.server_ns, self.server_if)):
+            _check(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "tc",
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    dev,
+                    "root",
+                    *tbf_args(rate_bps),
+                ]
+            )
+        self.rate_bps = float(rate_bps)
+
+    def device_cmd(self, cmd: list[str]) -> list[str]:
+        """``cmd`` run inside the device namespace."""
+        return ["ip", "netns", "exec", self.device_ns, *cmd]
+
+    def server_cmd(self, cmd: list[str]) -> list[str]:
+        """``cmd`` run inside the server namespace."""
+        return ["ip", "netns", "exec", self.server_ns, *cmd]
+
+    def close(self) -> None:
+        """Delete the namespaces (and the veth pair with them)."""
+        while self._made:
+            _run(["ip", "netns", "del", self._made.pop()])
+
+    def __enter__(self) -> NetnsLink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def netns_available() -> str | None:
+    """None if :class:`NetnsLink` works here, else why not."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "not root"
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"no `{tool}` command"
+    try:
+        NetnsLink(1e6, prefix=f"cicp{os.getpid() % 10000}", net=198).close()
+    except (OSError, subprocess.SubprocessError) as e:
+        return str(e)
+    return None
+
+
+class CpuQuota:
+    """A cgroup v1 CPU group that gives its processes ``1 / slowdown`` of one core.
+
+    ``cpu.cfs_quota_us / cpu.cfs_period_us = 1 / slowdown``, with a 2 ms quota
+    (short periods keep the throttling fine-grained: a layer of a few ms is slowed
+    about evenly instead of running at full speed and then stalling for a long
+    period).  A single-threaded process in the group runs ``slowdown`` times slower
+    in wall-clock time.
+
+    Parameters
+    ----------
+    name : str
+        Group name under /sys/fs/cgroup/cpu.
+    slowdown : float
+        >= 1.
+
+    Raises
+    ------
+    OSError
+        If the group cannot be created or configured.
+    """
+
+    def __init__(self, name: str, slowdown: float, *, quota_us: int = 2000) -> None:
+        if not slowdown >= 1:
+            raise ValueError("slowdown must be >= 1")
+        self.path = CGROUP_CPU / name
+        self.slowdown = float(slowdown)
+        self.path.mkdir(exist_ok=True)
+        try:
+            period = max(1000, min(1_000_000, round(quota_us * self.slowdown)))
+            quota = max(1000, round(period / self.slowdown))
+            (self.path / "cpu.cfs_quota_us").write_text("-1")
+            (self.path / "cpu.cfs_period_us").write_text(str(period))
+            (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+            self.period_us, self.quota_us = period, quota
+        except OSError:
+            self.close()
+            raise
+
+    def join(self, pid: int | None = None) -> None:
+        """Move process ``pid`` (default: this one, all its threads) into the group."""
+        (self.path / "cgroup.procs").write_text(str(os.getpid() if pid is None else pid))
+
+    @staticmethod
+    def leave(pid: int | None = None) -> None:
+        """Move ``pid`` (default: this process) back to the root CPU group."""
+        (CGROUP_CPU / "cgroup.procs").write_text(str(os.getpid() if pid is None else pid))
+
+    def close(self) -> None:
+        """Move any process left back to the root group and remove the group."""
+        with contextlib.suppress(OSError):
+            for line in (self.path / "cgroup.procs").read_text().split():
+                with contextlib.suppress(OSError):
+                    self.leave(int(line))
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
+
+    def __enter__(self) -> CpuQuota:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def cgroup_available() -> str | None:
+    """None if :class:`CpuQuota` works here, else why not."""
+    if not (CGROUP_CPU / "cpu.cfs_quota_us").exists():
+        return f"no cgroup v1 CPU controller at {CGROUP_CPU}"
+    try:
+        CpuQuota(f"cic_probe_{os.getpid()}", 2.0).close()
+    except OSError as e:
+        return f"cannot configure a CPU quota: {e}"
+    return None

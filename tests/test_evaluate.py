@@ -1,0 +1,278 @@
+"""End-to-end evaluation (cic_fast.evaluate) and the edge emulation (cic_fast.linkemu).
+
+The end-to-end test runs resnet18 at 32x32 through ``evaluate`` with the user-space
+token-bucket link and the sleep-scaled device (no root needed): a server and a device
+worker subprocess, every method at two rates.  The namespace/tbf and cgroup helpers
+are exercised only where the machine allows them (root, cgroup v1), else skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from cic_fast.evaluate import METHODS, EvalRow, MethodResult, Neurosurgeon, format_table
+from cic_fast.graph import Graph
+from cic_fast.linkemu import (
+    CpuQuota,
+    NetnsLink,
+    TokenBucketLink,
+    cgroup_available,
+    netns_available,
+    tbf_args,
+)
+from cic_fast.synthetic import dnn_graph
+
+# -- Neurosurgeon -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["chain", "resnet", "inception"])
+@pytest.mark.parametrize("rtt_s", [0.0, 0.01])
+def test_neurosurgeon_is_the_best_prefix(kind, rtt_s):
+    g = dnn_graph(80, kind=kind, seed=3, device_slowdown=10, server_speedup=50)
+    graph = Graph(g.edges, g.device_s, g.server_s, g.out_bytes)
+    ns = Neurosurgeon(g.edges, g.device_s, g.server_s, g.out_bytes, graph.inputs, rtt_s)
+    n = graph.n_nodes
+    first = int(graph.inputs.max()) + 1
+    for bw in (1e5, 1.1e6, 5.85e6, 1e8, 1e10):
+        on = ns.decide(bw)
+        lat = graph.evaluate(on, bw, rtt_s).latency_s
+        best = min(
+            graph.evaluate(np.arange(n) < k, bw, rtt_s).latency_s for k in range(first, n + 1)
+        )
+        assert lat == pytest.approx(best, rel=1e-12, abs=1e-15)
+        # a prefix is one of the closed sets: never better than the exact min-cut
+        assert lat >= graph.min_cut(bw, rtt_s).latency_s * (1 - 1e-9)
+
+
+def test_neurosurgeon_rejects_non_topological_edges():
+    with pytest.raises(ValueError, match="topological"):
+        Neurosurgeon([[1, 0]], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [0])
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+def _result(method: str, lat: list[float], fps: float, measured: bool = True) -> MethodResult:
+    return MethodResult(method, 3, 10, 1e3, lat[0] if lat else 2.0, 1e-6, measured, lat, fps)
+
+
+def test_row_speedups_and_table():
+    m = {
+        "device-only": _result("device-only", [1.0, 1.2, 1.1], 0.9),
+        "server-only": _result("server-only", [], float("nan"), measured=False),
+        "neurosurgeon": _result("neurosurgeon", [0.5, 0.6, 0.5], 2.0),
+        "dads": _result("dads", [0.4, 0.4, 0.5], 3.0),
+        "cic": _result("cic", [0.4, 0.4, 0.5], 3.0),
+    }
+    row = EvalRow("toy", 5.85e6, m)
+    # best of device-only (median 1.1) and server-only (predicted 2.0)
+    assert row.latency_speedup() == pytest.approx(1.1 / 0.4)
+    # server-only not run: its throughput is 1 / predicted = 0.5; device-only 0.9
+    assert row.throughput_speedup() == pytest.approx(3.0 / 0.9)
+    text = format_table([row])
+    assert text.count("\n") == 2 and "2000~/2000~" in text and "| 2.75 |" in text
+    assert json.loads(json.dumps(row.to_dict()))["cic_latency_speedup"] == pytest.approx(2.75)
+
+
+# -- the user-space link ----------------------------------------------------------------------
+
+
+def _echo_server() -> tuple[socket.socket, threading.Thread]:
+    lsock = socket.create_server(("127.0.0.1", 0))
+    lsock.settimeout(5)
+
+    def serve() -> None:
+        try:
+            conn, _ = lsock.accept()
+        except OSError:
+            return
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(5)
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return lsock, t
+
+
+def _round_trip(address: tuple[str, int], nbytes: int) -> float:
+    with socket.create_connection(address, timeout=5) as s:
+        s.settimeout(5)
+        t0 = time.perf_counter()
+        s.sendall(bytes(nbytes))
+        got = 0
+        while got < nbytes:
+            chunk = s.recv(65536)
+            assert chunk
+            got += len(chunk)
+        return time.perf_counter() - t0
+
+
+def test_token_bucket_rate_and_delay():
+    lsock, t = _echo_server()
+    try:
+        # 64 KB each way at 4 Mbit/s: 0.131 s of serialization one way, the last
+        # 16 KB chunk's 0.033 s back (the directions overlap chunk by chunk), plus
+        # the 0.1 s round trip: ~0.26 s
+        with TokenBucketLink(lsock.getsockname(), 4e6, rtt_s=0.1, timeout_s=5) as link:
+            dt = _round_trip(link.address, 65536)
+        assert 0.131 + 0.1 <= dt < 0.131 * 2 + 0.1 + 0.25, dt
+    finally:
+        lsock.close()
+        t.join(5)
+
+
+def test_token_bucket_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        TokenBucketLink(("127.0.0.1", 1), 0.0)
+    with pytest.raises(ValueError):
+        tbf_args(-1)
+
+
+# -- root-only emulation: skipped where not allowed ---------------------------------------------
+
+
+def test_cpu_quota_slows_a_process():
+    why = cgroup_available()
+    if why:
+        pytest.skip(why)
+    spin = (
+        "import time\nt=time.perf_counter()\nc=time.process_time()\n"
+        "while time.process_time()-c<0.1: pass\n"
+        "print(time.perf_counter()-t)"
+    )
+    with CpuQuota(f"cic_test_{os.getpid()}", 4.0) as q:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", f"import sys\nsys.stdin.readline()\n{spin}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            q.join(proc.pid)
+            out, _ = proc.communicate("go\n", timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        wall = float(out)
+        # 0.1 s of CPU at a quarter of a core: ~0.4 s of wall time
+        assert 0.25 < wall < 1.5, wall
+    assert not q.path.exists()
+
+
+def test_netns_link_shapes_and_cleans_up():
+    why = netns_available()
+    if why:
+        pytest.skip(why)
+    link = NetnsLink(8e6, prefix=f"cit{os.getpid() % 10000}", net=197)
+    try:
+        srv = (
+            "import socket\ns=socket.create_server(('0.0.0.0',5599))\ns.settimeout(10)\n"
+            "print('up',flush=True)\nc,_=s.accept()\nc.settimeout(10)\nn=0\n"
+            "while n<200000:\n d=c.recv(65536)\n if not d: break\n n+=len(d)\nc.sendall(b'x')"
+        )
+        proc = subprocess.Popen(
+            link.server_cmd([sys.executable, "-c", srv]), stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+            cli = (
+                "import socket,time\n"
+                f"s=socket.create_connection(('{link.server_ip}',5599),timeout=10)\n"
+                "t=time.perf_counter()\ns.sendall(bytes(200000))\ns.recv(1)\n"
+                "print(time.perf_counter()-t)"
+            )
+            r = subprocess.run(
+                link.device_cmd([sys.executable, "-c", cli]),
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
+            )
+            # 200 KB at 8 Mbit/s: 0.2 s
+            assert 0.15 < float(r.stdout) < 0.6, r.stdout
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(5)
+            assert proc.stdout is not None
+            proc.stdout.close()
+    finally:
+        link.close()
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
+    assert link.device_ns not in names.stdout and link.server_ns not in names.stdout
+
+
+# -- end to end -------------------------------------------------------------------------------
+
+
+def test_evaluate_end_to_end_userspace(tmp_path):
+    pytest.importorskip("torchvision")
+    from cic_fast.evaluate import evaluate, plot_latency
+
+    rows = evaluate(
+        ["resnet18"],
+        [2e6, 50e6],
+        out_dir=tmp_path,
+        device_slowdown=3.0,
+        requests=2,
+        stream_frames=2,
+        input_size=32,
+        rtt_s=0.002,
+        link="userspace",
+        slowdown_method="sleep",
+        profile_repeats=1,
+        timeout_s=30.0,
+        log=lambda s: None,
+    )
+    assert [r.rate_bps for r in rows] == [2e6, 50e6]
+    for row in rows:
+        assert set(row.methods) == set(METHODS)
+        for m in row.methods.values():
+            assert m.measured and m.fallbacks == 0
+            assert len(m.latency_s) == 2 and all(x > 0 for x in m.latency_s)
+            assert m.fps > 0
+        cic, dads = row.methods["cic"], row.methods["dads"]
+        # both exact: the same predicted optimum, and nothing predicts lower
+        assert cic.predicted_s == pytest.approx(dads.predicted_s, rel=1e-9)
+        assert all(m.predicted_s >= cic.predicted_s * (1 - 1e-9) for m in row.methods.values())
+        assert row.methods["device-only"].decision_s == 0.0
+        assert cic.decision_s > 0 and row.latency_speedup() > 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["meta"]["link"] == "userspace" and len(saved["rows"]) == 2
+    assert (tmp_path / "resnet18" / "device_profile.json").exists()
+    why = plot_latency(rows, tmp_path / "p.png")
+    if why is None:
+        assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_evaluate_rejects_bad_factors(tmp_path):
+    from cic_fast.evaluate import evaluate
+
+    with pytest.raises(ValueError, match="server_speedup"):
+        evaluate(["resnet18"], [1e6], out_dir=tmp_path, device_slowdown=4, server_speedup=10)
+    with pytest.raises(ValueError, match="rates"):
+        evaluate(["resnet18"], [0.0], out_dir=tmp_path)
+
+
+def test_cli_parser_defaults():
+    from cic_fast.cli_evaluate import add_evaluate_parser
+
+    p = argparse.ArgumentParser()
+    add_evaluate_parser(p.add_subparsers(dest="cmd"))
+    a = p.parse_args(["evaluate", "--out", "x", "--models", "resnet18,vgg16", "--rates", "1.1,100"])
+    assert a.models == ["resnet18", "vgg16"] and a.rates == ["1.1", "100"]
+    assert a.device_slowdown == 8.0 and a.server_speedup is None and a.requests == 3
