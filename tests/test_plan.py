@@ -18,6 +18,7 @@ import cic_fast
 from cic_fast.plan import Planner
 from cic_fast.synthetic import KINDS, dnn_graph
 from oracles import brute_force, is_valid_partition, latency_of
+from zoo import TORCHVISION, tv_model
 
 REL = 1e-9
 ABS = 1e-12
@@ -230,41 +231,14 @@ def test_from_profiles() -> None:
         Planner.from_profiles(other, dev, srv)
 
 
-TORCHVISION = [
-    "alexnet",
-    "vgg16",
-    "resnet18",
-    "resnet50",
-    "mobilenet_v3_large",
-    "efficientnet_b0",
-    "inception_v3",
-    "googlenet",
-    "convnext_tiny",
-    "swin_t",
-    "vit_b_16",
-    "densenet121",
-]
-
-
-@pytest.mark.parametrize("name", TORCHVISION)
+@pytest.mark.parametrize("name", [*TORCHVISION, "densenet121"])
 def test_torchvision_graphs(name: str) -> None:
     """The plan equals the full min-cut on every model of the front end's test list."""
-    torch = pytest.importorskip("torch")
-    tv = pytest.importorskip("torchvision")
+    pytest.importorskip("torch")
     from cic_fast.trace import trace
 
-    kw: dict[str, Any] = {}
-    size = 32  # the graph's shape, not its resolution, is what is tested here
-    if name in ("inception_v3", "googlenet"):
-        kw = {"init_weights": True, "aux_logits": False}
-        size = 75 if name == "inception_v3" else 32
-    elif name == "vit_b_16":
-        kw = {"image_size": 32}
-    elif name == "alexnet":
-        size = 64
-    torch.manual_seed(0)
-    model = tv.models.get_model(name, weights=None, **kw).eval()
-    graph = trace(model, torch.randn(1, 3, size, size))
+    model, inputs = tv_model(name)
+    graph = trace(model, inputs)
     dev_s = np.asarray(graph.flops, float) / 2e9 + np.asarray(graph.out_bytes, float) / 1e9
     for slow, rtt in ((1.0, 0.0), (30.0, 0.001)):
         p = Planner(graph.edges, dev_s * slow, dev_s / 10, graph.out_bytes, rtt_s=rtt)

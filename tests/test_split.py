@@ -16,7 +16,6 @@ random partitions.
 from __future__ import annotations
 
 import itertools
-import os
 
 import numpy as np
 import pytest
@@ -29,8 +28,8 @@ nn = torch.nn
 from cic_fast.profile import Profile, profile  # noqa: E402
 from cic_fast.split import Split, boundary_of, split  # noqa: E402
 from cic_fast.trace import LayerGraph, trace  # noqa: E402
+from zoo import FULL, TORCHVISION, TwoInTwoOut, tv_model  # noqa: E402
 
-FULL = os.environ.get("CIC_FAST_FULL_MODELS") == "1"
 BANDWIDTHS_MBIT = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4)
 
 
@@ -136,17 +135,6 @@ def run_partitions(model, inputs, g, dev, srv, masks) -> int:
 
 
 # ---------------------------------------------------------------- small models
-
-
-class TwoInTwoOut(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Linear(4, 4)
-        self.b = nn.Linear(6, 4)
-
-    def forward(self, x, y):
-        h = self.a(x)
-        return {"sum": h + self.b(y), "parts": (h, torch.tanh(y))}
 
 
 class WithConstants(nn.Module):
@@ -266,7 +254,7 @@ def test_min_cut_partitions_on_small_model():
 
 
 def test_split_uses_the_planner_and_checks_it():
-    model, inputs = _tv_model("googlenet")
+    model, inputs = tv_model("googlenet")
     g = trace(model, inputs)
     dev, srv = flop_profiles(g, speedup=100.0)
     core = cic_fast.Graph(g.edges, dev.seconds, srv.seconds, g.out_bytes)
@@ -318,43 +306,9 @@ def test_split_rejects_bad_requests():
 # ---------------------------------------------------------------- torchvision
 
 
-def _tv_model(name: str):
-    tv = pytest.importorskip("torchvision")
-    kw: dict = {}
-    if name in ("inception_v3", "googlenet"):
-        kw = {"init_weights": True, "aux_logits": False}
-    size = 224
-    if name == "inception_v3":
-        size = 299  # the issue's resolution: the only model it names one for
-    elif not FULL:
-        size = 32
-        if name == "vit_b_16":
-            kw["image_size"] = 32
-        elif name == "alexnet":
-            size = 64
-    torch.manual_seed(0)
-    model = tv.models.get_model(name, weights=None, **kw).eval()
-    return model, (torch.randn(1, 3, size, size),)
-
-
-TORCHVISION = [
-    "alexnet",
-    "vgg16",
-    "resnet18",
-    "resnet50",
-    "mobilenet_v3_large",
-    "efficientnet_b0",
-    "inception_v3",
-    "googlenet",
-    "convnext_tiny",
-    "swin_t",
-    "vit_b_16",
-]
-
-
 @pytest.mark.parametrize("name", TORCHVISION)
 def test_torchvision_partitions(name):
-    model, inputs = _tv_model(name)
+    model, inputs = tv_model(name)
     g = trace(model, inputs)
     assert (g.edges[:, 0] < g.edges[:, 1]).all()
     dev, srv = flop_profiles(g)
@@ -382,7 +336,7 @@ def test_torchvision_partitions(name):
 
 @pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
 def test_cut_through_several_branches(name):
-    model, inputs = _tv_model(name)
+    model, inputs = tv_model(name)
     g = trace(model, inputs)
     dev, srv = flop_profiles(g)
     sizes = [len(boundary_of(g, prefix(g, k))) for k in range(g.n_nodes)]
@@ -397,7 +351,7 @@ def test_cut_through_several_branches(name):
 
 def test_measured_profile_end_to_end(tmp_path):
     """trace -> profile -> save/load -> min-cut split at every bandwidth -> run."""
-    model, inputs = _tv_model("resnet18")
+    model, inputs = tv_model("resnet18")
     g = trace(model, inputs)
     dev = profile(model, inputs, graph=g, repeats=2, warmup=1, progress=False, threads=1)
     dev.save(tmp_path / "dev.json")

@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 from cic_fast.trace import LayerGraph, TraceError, trace  # noqa: E402
+from zoo import TwoInTwoOut  # noqa: E402
 
 
 class Chain(nn.Module):
@@ -37,17 +38,6 @@ class WithConstants(nn.Module):
         pos = pos * self.scale
         unused = x * 3  # no path to the output: dropped  # noqa: F841
         return self.lin(x + pos) + pos
-
-
-class TwoInTwoOut(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Linear(4, 4)
-        self.b = nn.Linear(6, 4)
-
-    def forward(self, x, y):
-        h = self.a(x)
-        return {"sum": h + self.b(y), "parts": (h, torch.tanh(y))}
 
 
 class InPlace(nn.Module):

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from cic_fast.cli_plan import _fmt_bytes
 from cic_fast.graph import Graph
 from cic_fast.plan import Planner
 from cic_fast.synthetic import KINDS, dnn_graph
@@ -22,13 +23,6 @@ __all__ = ["main"]
 
 # DADS's measured links (Mbit/s), then LAN/Wi-Fi-class links.
 _DEFAULT_MBIT = (0.13, 0.5, 1.1, 2.0, 5.85, 18.88, 100.0)
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit, scale in (("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n:.0f} B"
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -28,6 +28,36 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random example input")
 
 
+def _add_profile_args(p: argparse.ArgumentParser, *, device_required: bool) -> None:
+    """--device / --server / --server-speedup, shared by the commands that plan."""
+    p.add_argument(
+        "--device", dest="device_profile", required=device_required, help="device profile JSON"
+    )
+    p.add_argument(
+        "--server",
+        dest="server_profile",
+        help="server profile JSON (default: the device profile / --server-speedup)",
+    )
+    p.add_argument(
+        "--server-speedup",
+        type=float,
+        default=10.0,
+        help="without --server: server is this many times faster (default 10)",
+    )
+
+
+def _load_profiles(args: argparse.Namespace, graph: Any) -> tuple[Any, Any]:
+    """The device and server profiles named by ``_add_profile_args``, checked on ``graph``."""
+    from .profile import Profile
+
+    dev = Profile.load(args.device_profile, graph)
+    if args.server_profile:
+        return dev, Profile.load(args.server_profile, graph)
+    if not args.server_speedup > 0:
+        raise ValueError("--server-speedup must be positive")
+    return dev, dev.scaled(1.0 / args.server_speedup)
+
+
 def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``profile MODEL -o FILE``: trace, time every layer, write a profile."""
     p = subparsers.add_parser(
@@ -56,18 +86,7 @@ def add_split_parser(subparsers: Any) -> argparse.ArgumentParser:
         "cut falls, what is sent and the predicted latency parts.",
     )
     _add_model_args(p)
-    p.add_argument("--device", dest="device_profile", required=True, help="device profile JSON")
-    p.add_argument(
-        "--server",
-        dest="server_profile",
-        help="server profile JSON (default: the device profile / --server-speedup)",
-    )
-    p.add_argument(
-        "--server-speedup",
-        type=float,
-        default=10.0,
-        help="without --server: server is this many times faster (default 10)",
-    )
+    _add_profile_args(p, device_required=True)
     p.add_argument("--bandwidth", required=True, help="link bandwidth, e.g. 10Mbit, 1.5Gbit/s")
     p.add_argument("--rtt-ms", type=float, default=0.0, help="round trip time, ms (default 0)")
     p.add_argument(
@@ -148,7 +167,6 @@ def _run_split(args: argparse.Namespace) -> int:
     import torch
 
     from .models import load_model, parse_bandwidth
-    from .profile import Profile
     from .split import split
     from .trace import tensor_bytes
 
@@ -156,13 +174,7 @@ def _run_split(args: argparse.Namespace) -> int:
     model = load_model(args.model, weights=args.weights)
     inputs = _example_inputs(args)
     graph = _trace(model, inputs)
-    dev = Profile.load(args.device_profile, graph)
-    if args.server_profile:
-        srv = Profile.load(args.server_profile, graph)
-    else:
-        if not args.server_speedup > 0:
-            raise ValueError("--server-speedup must be positive")
-        srv = dev.scaled(1.0 / args.server_speedup)
+    dev, srv = _load_profiles(args, graph)
     s = split(
         model,
         inputs,

@@ -18,7 +18,7 @@ __all__ = ["add_plan_parser", "format_plan", "plot_plan"]
 
 def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``plan MODEL --device D.json --server S.json [-o FILE] [--plot PNG]``."""
-    from .cli_model import _add_model_args
+    from .cli_model import _add_model_args, _add_profile_args
 
     p = subparsers.add_parser(
         "plan",
@@ -28,18 +28,7 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
         "latency. MODEL may also be a .plan file written by -o, which is shown as is.",
     )
     _add_model_args(p)
-    p.add_argument("--device", dest="device_profile", help="device profile JSON")
-    p.add_argument(
-        "--server",
-        dest="server_profile",
-        help="server profile JSON (default: the device profile / --server-speedup)",
-    )
-    p.add_argument(
-        "--server-speedup",
-        type=float,
-        default=10.0,
-        help="without --server: server is this many times faster (default 10)",
-    )
+    _add_profile_args(p, device_required=False)  # a .plan file needs none
     p.add_argument("--rtt-ms", type=float, default=0.0, help="round trip time, ms (default 0)")
     p.add_argument("-o", "--output", help="write the plan here (Planner.save)")
     p.add_argument("--plot", metavar="PNG", help="draw latency vs bandwidth (needs matplotlib)")
@@ -152,21 +141,14 @@ def _run_plan(args: argparse.Namespace) -> int:
         planner = Planner.load(args.model)
         label = args.model
     else:
-        from .cli_model import _example_inputs, _trace
+        from .cli_model import _example_inputs, _load_profiles, _trace
         from .models import load_model
-        from .profile import Profile
 
         if not args.device_profile:
             raise ValueError("give --device PROFILE.json (and --server or --server-speedup)")
         model = load_model(args.model, weights=args.weights)
         graph = _trace(model, _example_inputs(args))
-        dev = Profile.load(args.device_profile, graph)
-        if args.server_profile:
-            srv = Profile.load(args.server_profile, graph)
-        else:
-            if not args.server_speedup > 0:
-                raise ValueError("--server-speedup must be positive")
-            srv = dev.scaled(1.0 / args.server_speedup)
+        dev, srv = _load_profiles(args, graph)
         planner = Planner.from_profiles(graph, dev, srv, rtt_s=args.rtt_ms / 1e3)
         label = args.model
     print(f"{label}: {planner.n_nodes} nodes, rtt {planner.rtt_s * 1e3:g} ms")

@@ -64,12 +64,9 @@ def _as_real(value: Any, name: str) -> float:
 
 def _as_partition(on_device: Any, n: int) -> npt.NDArray[np.bool_]:
     a = np.asarray(on_device)
-    if a.dtype.kind == "b":
-        out = np.array(a, dtype=np.bool_, copy=True)
-    elif a.dtype.kind in "iu" and a.size and bool(((a == 0) | (a == 1)).all()):
-        out = a.astype(np.bool_)
-    elif a.dtype.kind in "iu" and a.size == 0:
-        out = a.astype(np.bool_)
+    # Always a copy: the Partition returned keeps it.
+    if a.dtype.kind == "b" or (a.dtype.kind in "iu" and bool(((a == 0) | (a == 1)).all())):
+        out = a.astype(np.bool_, copy=True)
     else:
         raise TypeError(f"on_device must be a boolean array, got dtype {a.dtype}")
     if out.ndim != 1 or out.shape[0] != n:
@@ -179,8 +176,9 @@ class Graph:
         Returns
         -------
         Partition
-            The optimum of the cost model (ties prefer all-device, then the
-            largest device set), with its latency recomputed from the partition.
+            The optimum of the cost model (a tie with all-device keeps all on
+            the device; other ties give one optimal partition, the same every
+            time), with its latency recomputed from the partition.
 
         Notes
         -----

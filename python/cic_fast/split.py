@@ -353,15 +353,19 @@ def split(
         graph = trace(model, example_inputs)
     device_profile.check(graph)
     server_profile.check(graph)
-    core = cic_fast.Graph(
-        graph.edges, device_profile.seconds, server_profile.seconds, graph.out_bytes
-    )
+
+    def core() -> cic_fast.Graph:
+        return cic_fast.Graph(
+            graph.edges, device_profile.seconds, server_profile.seconds, graph.out_bytes
+        )
+
     if on_device is None:
         if bandwidth_bps is None:
             raise ValueError("give bandwidth_bps (to optimise) or on_device (to force a partition)")
         if planner is None:
+            # builds its own Graph: no second one here
             planner = Planner.from_profiles(graph, device_profile, server_profile, rtt_s=rtt_s)
-        elif not planner.matches(core, rtt_s):
+        elif not planner.matches(core(), rtt_s):
             raise ValueError(
                 "planner was built for another graph, other profiles or another rtt_s "
                 f"(planner: {planner.n_nodes} nodes, rtt_s={planner.rtt_s}; "
@@ -370,7 +374,7 @@ def split(
         partition = planner.decide(bandwidth_bps)
     else:
         mask = validate_partition(graph, on_device)
-        partition = core.evaluate(mask, 1e9 if bandwidth_bps is None else bandwidth_bps, rtt_s)
+        partition = core().evaluate(mask, 1e9 if bandwidth_bps is None else bandwidth_bps, rtt_s)
     head, tail, boundary = build_parts(graph, partition.on_device)
     if partition.offloads and not np.array_equal(boundary, np.asarray(partition.sent)):
         raise RuntimeError("internal error: head boundary differs from the core's sent set")

@@ -39,7 +39,7 @@
 // minimal either way).
 //
 // Fixed point. Capacities are int64 values c * 2^k, rounded to nearest. k is
-// chosen once per graph so that B = dev + srv + (number of transfer arcs) * dev
+// chosen once per graph so that B = dev + srv + (transfer and chain arcs) * dev
 // is below 2^60 units, where dev and srv are the reduced device and server
 // totals: B bounds the sum of all finite capacities, because each transfer is
 // clamped to the all-device cut plus one unit. An infinite arc gets 2^62
@@ -147,7 +147,8 @@ class Graph {
 
   // The exact optimum at `bandwidth_bps` (bits/s) and `rtt_s`: writes 1 (on
   // the device) or 0 into on_device[0..n) and the latency parts into `out`.
-  // Ties go to all-device, then to the largest device set. Allocates nothing;
+  // Ties with all-device go to all-device; other ties to one optimal
+  // partition, deterministic for a given graph and bandwidth. Allocates nothing;
   // serialised by an internal mutex, so one Graph may be shared by threads.
   Result MinCut(double bandwidth_bps, double rtt_s, uint8_t* on_device,
                 Breakdown* out) {

@@ -1,0 +1,72 @@
+"""Models shared by the test modules (imported as ``zoo``; tests/ is on sys.path)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+try:  # the model list is needed where torch is not installed too
+    import torch
+    from torch import nn
+except ImportError:  # pragma: no cover - torch is in the test extras
+    torch = None  # type: ignore[assignment]
+
+#: ``CIC_FAST_FULL_MODELS=1``: canonical input sizes (224) instead of small ones.
+FULL = os.environ.get("CIC_FAST_FULL_MODELS") == "1"
+
+#: The torchvision models of issue 3's test list (plus googlenet).
+TORCHVISION = [
+    "alexnet",
+    "vgg16",
+    "resnet18",
+    "resnet50",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "inception_v3",
+    "googlenet",
+    "convnext_tiny",
+    "swin_t",
+    "vit_b_16",
+]
+
+
+def tv_model(name: str) -> tuple[Any, tuple[Any, ...]]:
+    """A torchvision model (weights=None, eval) and one example input.
+
+    Inputs are 32x32 (alexnet 64, vit_b_16 built for 32) unless FULL: the graph's
+    shape, not its resolution, is what most tests exercise. inception_v3 always
+    takes the 299x299 input the issue names.
+    """
+    tv = pytest.importorskip("torchvision")
+    kw: dict[str, Any] = {}
+    if name in ("inception_v3", "googlenet"):
+        kw = {"init_weights": True, "aux_logits": False}
+    size = 224
+    if name == "inception_v3":
+        size = 299
+    elif not FULL:
+        size = 32
+        if name == "vit_b_16":
+            kw["image_size"] = 32
+        elif name == "alexnet":
+            size = 64
+    torch.manual_seed(0)
+    model = tv.models.get_model(name, weights=None, **kw).eval()
+    return model, (torch.randn(1, 3, size, size),)
+
+
+if torch is not None:
+
+    class TwoInTwoOut(nn.Module):
+        """Two inputs, a dict output holding a tuple."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b = nn.Linear(6, 4)
+
+        def forward(self, x: Any, y: Any) -> dict[str, Any]:
+            h = self.a(x)
+            return {"sum": h + self.b(y), "parts": (h, torch.tanh(y))}
