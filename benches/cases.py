@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 import cic_fast
-from cic_fast.synthetic import dnn_graph
+from cic_fast.core.synthetic import dnn_graph
 from peers import PEERS
 
 # (label, kind, n_layers, seed). Below 64 layers dnn_graph emits a plain chain,

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torchvision
 
-from cic_fast.profile import profile
-from cic_fast.split import split
-from cic_fast.trace import trace
+from cic_fast.frontend.profiling import profile
+from cic_fast.frontend.splitting import split
+from cic_fast.frontend.tracing import trace
 
 MODELS = (
     "alexnet,vgg16,resnet18,resnet50,mobilenet_v3_large,efficientnet_b0,inception_v3,"

@@ -40,7 +40,7 @@ from numpy.typing import NDArray
 
 import cic_fast
 from cic_fast import _core
-from cic_fast.plan import Planner
+from cic_fast.core.planner import Planner
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -115,7 +115,7 @@ def cache_dir() -> Path:
 
 def model_case(name: str) -> Case:
     """Trace (or read the cached trace of) a torchvision model and cost it."""
-    from cic_fast.trace import LayerGraph
+    from cic_fast.frontend.tracing import LayerGraph
 
     path = cache_dir() / f"{name}.json"
     if path.exists():
@@ -139,7 +139,7 @@ def model_case(name: str) -> Case:
 
 def synthetic_case(name: str) -> Case:
     """A dnn_graph stand-in of about the model's size and shape (no torch needed)."""
-    from cic_fast.synthetic import dnn_graph
+    from cic_fast.core.synthetic import dnn_graph
 
     shapes = {
         "resnet18": (71, "resnet"), "resnet50": (175, "resnet"), "resnet152": (517, "resnet"),

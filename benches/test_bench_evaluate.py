@@ -23,7 +23,7 @@ import pytest
 
 pytest.importorskip("torchvision")
 
-from cic_fast.evaluate import evaluate, format_table
+from cic_fast.evaluation import evaluate, format_table
 
 MODELS = os.environ.get("CIC_EVAL_MODELS", "resnet18,mobilenet_v3_large").split(",")
 RATES_MBIT = [float(r) for r in os.environ.get("CIC_EVAL_RATES", "1.1,18.88,100").split(",")]

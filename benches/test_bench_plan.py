@@ -23,7 +23,7 @@ import pytest
 
 import cic_fast
 from cic_fast import _core
-from cic_fast.plan import Planner
+from cic_fast.core.planner import Planner
 from plan_report import BANDWIDTH_BPS, MODELS, RTT_S, Case, model_case, synthetic_case
 
 # Calls shorter than this are repeated inside one round, so that the timer's own

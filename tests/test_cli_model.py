@@ -8,13 +8,9 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 from cic_fast.cli import main  # noqa: E402
-from cic_fast.models import (  # noqa: E402
-    default_input_shape,
-    load_model,
-    parse_bandwidth,
-    parse_shape,
-)
-from cic_fast.profile import Profile  # noqa: E402
+from cic_fast.cli.common import parse_bandwidth, parse_shape  # noqa: E402
+from cic_fast.frontend.models import default_input_shape, load_model  # noqa: E402
+from cic_fast.frontend.profiling import Profile  # noqa: E402
 
 
 class TinyNet(nn.Module):

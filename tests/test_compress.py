@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import cic_fast
 from cic_fast import _core
-from cic_fast.synthetic import KINDS, dnn_graph
+from cic_fast.core.synthetic import KINDS, dnn_graph
 from oracles import brute_force, is_valid_partition
 from test_plan import bandwidths_bps, dnn_problems, rtts_s, small_problems
 

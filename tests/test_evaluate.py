@@ -1,4 +1,4 @@
-"""End-to-end evaluation (cic_fast.evaluate) and the edge emulation (cic_fast.linkemu).
+"""End-to-end evaluation (cic_fast.evaluation) and the edge emulation (link, device).
 
 The end-to-end test runs resnet18 at 32x32 through ``evaluate`` with the user-space
 token-bucket link and the sleep-scaled device (no root needed): a server and a device
@@ -21,17 +21,12 @@ import time
 import numpy as np
 import pytest
 
-from cic_fast.evaluate import METHODS, EvalRow, MethodResult, Neurosurgeon, format_table
-from cic_fast.graph import Graph
-from cic_fast.linkemu import (
-    CpuQuota,
-    NetnsLink,
-    TokenBucketLink,
-    cgroup_available,
-    netns_available,
-    tbf_args,
-)
-from cic_fast.synthetic import dnn_graph
+from cic_fast.core.baselines import Neurosurgeon
+from cic_fast.core.graph import Graph
+from cic_fast.core.synthetic import dnn_graph
+from cic_fast.evaluation.device import CpuQuota, cgroup_available
+from cic_fast.evaluation.link import NetnsLink, TokenBucketLink, netns_available, tbf_args
+from cic_fast.evaluation.report import METHODS, EvalRow, MethodResult, format_table
 
 # -- Neurosurgeon -------------------------------------------------------------------------
 
@@ -221,7 +216,7 @@ def test_netns_link_shapes_and_cleans_up():
 
 def test_evaluate_end_to_end_userspace(tmp_path):
     pytest.importorskip("torchvision")
-    from cic_fast.evaluate import evaluate, plot_latency
+    from cic_fast.evaluation import evaluate, plot_latency
 
     rows = evaluate(
         ["resnet18"],
@@ -260,7 +255,7 @@ def test_evaluate_end_to_end_userspace(tmp_path):
 
 
 def test_evaluate_rejects_bad_factors(tmp_path):
-    from cic_fast.evaluate import evaluate
+    from cic_fast.evaluation import evaluate
 
     with pytest.raises(ValueError, match="server_speedup"):
         evaluate(["resnet18"], [1e6], out_dir=tmp_path, device_slowdown=4, server_speedup=10)
@@ -269,7 +264,7 @@ def test_evaluate_rejects_bad_factors(tmp_path):
 
 
 def test_cli_parser_defaults():
-    from cic_fast.cli_evaluate import add_evaluate_parser
+    from cic_fast.cli.evaluate import add_evaluate_parser
 
     p = argparse.ArgumentParser()
     add_evaluate_parser(p.add_subparsers(dest="cmd"))

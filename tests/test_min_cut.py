@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cic_fast
-from cic_fast.synthetic import KINDS, dnn_graph
+from cic_fast.core.synthetic import KINDS, dnn_graph
 from oracles import (
     brute_force,
     is_valid_partition,

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cic_fast
-from cic_fast.plan import Planner
-from cic_fast.synthetic import KINDS, dnn_graph
+from cic_fast.core.planner import Planner
+from cic_fast.core.synthetic import KINDS, dnn_graph
 from oracles import brute_force, is_valid_partition, latency_of
 from zoo import TORCHVISION, tv_model
 
@@ -52,7 +52,7 @@ def small_problems(draw: st.DrawFn, max_nodes: int = 10) -> dict[str, Any]:
 
 @st.composite
 def dnn_problems(draw: st.DrawFn) -> dict[str, Any]:
-    """A DNN-shaped graph (cic_fast.synthetic) in one of several cost settings."""
+    """A DNN-shaped graph (cic_fast.core.synthetic) in one of several cost settings."""
     g = dnn_graph(
         draw(st.integers(64, 160)),
         kind=draw(st.sampled_from(KINDS)),
@@ -207,8 +207,8 @@ def test_rescaled() -> None:
 
 def test_from_profiles() -> None:
     torch = pytest.importorskip("torch")
-    from cic_fast.profile import Profile
-    from cic_fast.trace import trace
+    from cic_fast.frontend.profiling import Profile
+    from cic_fast.frontend.tracing import trace
 
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 16, 3, padding=1),
@@ -235,7 +235,7 @@ def test_from_profiles() -> None:
 def test_torchvision_graphs(name: str) -> None:
     """The plan equals the full min-cut on every model of the front end's test list."""
     pytest.importorskip("torch")
-    from cic_fast.trace import trace
+    from cic_fast.frontend.tracing import trace
 
     model, inputs = tv_model(name)
     graph = trace(model, inputs)
@@ -351,9 +351,9 @@ def test_cli_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     torch = pytest.importorskip("torch")
     import argparse
 
-    from cic_fast.cli_plan import add_plan_parser
-    from cic_fast.profile import Profile
-    from cic_fast.trace import trace
+    from cic_fast.cli.plan import add_plan_parser
+    from cic_fast.frontend.profiling import Profile
+    from cic_fast.frontend.tracing import trace
 
     model = tiny_model().eval()
     graph = trace(model, torch.randn(1, 3, 32, 32))
@@ -415,7 +415,7 @@ def test_core_plan_api() -> None:
 
 def test_plot(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from cic_fast.cli_plan import format_plan, plot_plan
+    from cic_fast.cli.plan import format_plan, plot_plan
 
     g = dnn_graph(150, kind="mixed", seed=1, device_slowdown=10.0, server_speedup=100.0)
     p = Planner(g.edges, g.device_s, g.server_s, g.out_bytes, rtt_s=0.002)

@@ -11,8 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from cic_fast.profile import PROFILE_VERSION, Profile, profile  # noqa: E402
-from cic_fast.trace import trace  # noqa: E402
+from cic_fast.frontend.profiling import PROFILE_VERSION, Profile, profile  # noqa: E402
+from cic_fast.frontend.tracing import trace  # noqa: E402
 
 
 class Small(nn.Module):

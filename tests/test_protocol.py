@@ -1,4 +1,4 @@
-"""Wire format (cic_fast.protocol) and the server's behaviour on bad frames.
+"""Wire format (cic_fast.runtime.wire, .messages) and the server's behaviour on bad frames.
 
 Unit tests: messages round-trip for every dtype and shape; every truncation and
 random mutation of a valid payload raises ProtocolError and nothing else
@@ -22,15 +22,16 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from cic_fast import protocol as P  # noqa: E402
-from cic_fast.client import Client  # noqa: E402
-from cic_fast.profile import Profile  # noqa: E402
-from cic_fast.server import Server  # noqa: E402
-from cic_fast.split import build_parts  # noqa: E402
-from cic_fast.trace import trace  # noqa: E402
+from cic_fast.frontend.cutting import build_parts  # noqa: E402
+from cic_fast.frontend.profiling import Profile  # noqa: E402
+from cic_fast.frontend.tracing import trace  # noqa: E402
+from cic_fast.runtime import messages as M  # noqa: E402
+from cic_fast.runtime import wire as W  # noqa: E402
+from cic_fast.runtime.client import Client  # noqa: E402
+from cic_fast.runtime.server import Server  # noqa: E402
 
 TIMEOUT_S = 5.0
-LIMITS = P.Limits(max_frame_bytes=1 << 20, max_tensor_bytes=1 << 20)
+LIMITS = W.Limits(max_frame_bytes=1 << 20, max_tensor_bytes=1 << 20)
 DTYPES = [
     torch.float32,
     torch.float16,
@@ -52,10 +53,10 @@ DTYPES = [
 @pytest.mark.parametrize("shape", [(), (0,), (3,), (2, 3, 4), (1, 1, 1, 1, 5)])
 def test_tensor_round_trip(dtype, shape):
     t = (torch.arange(int(np.prod(shape)), dtype=torch.float64) - 3).reshape(shape).to(dtype)
-    parts, n = P.encode_request(7, [True, False, True], {"x": t, "y": t.clone()})
+    parts, n = M.encode_request(7, [True, False, True], {"x": t, "y": t.clone()})
     payload = b"".join(bytes(p) for p in parts)
     assert len(payload) == n
-    rid, on, tensors = P.decode_request(bytearray(payload), LIMITS)
+    rid, on, tensors = M.decode_request(bytearray(payload), LIMITS)
     assert rid == 7 and on.tolist() == [True, False, True]
     for k in ("x", "y"):
         assert tensors[k].dtype == dtype and tensors[k].shape == t.shape
@@ -64,8 +65,8 @@ def test_tensor_round_trip(dtype, shape):
 
 def test_non_contiguous_and_result_round_trip():
     t = torch.arange(24, dtype=torch.float32).reshape(4, 6).t()
-    parts, _ = P.encode_result(3, 0.25, [t, t[1:, ::2]])
-    rid, server_s, leaves = P.decode_result(b"".join(bytes(p) for p in parts), LIMITS)
+    parts, _ = M.encode_result(3, 0.25, [t, t[1:, ::2]])
+    rid, server_s, leaves = M.decode_result(b"".join(bytes(p) for p in parts), LIMITS)
     assert (rid, server_s) == (3, 0.25)
     assert torch.equal(leaves[0], t) and torch.equal(leaves[1], t[1:, ::2])
 
@@ -73,87 +74,87 @@ def test_non_contiguous_and_result_round_trip():
 @pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 200])
 def test_mask_round_trip(n):
     on = np.random.default_rng(n).random(n) < 0.5
-    data = P.pack_mask(on)
+    data = W.pack_mask(on)
     assert len(data) == (n + 7) // 8
-    assert np.array_equal(P.unpack_mask(data, n), on)
+    assert np.array_equal(W.unpack_mask(data, n), on)
 
 
 def test_mask_padding_bits_refused():
-    with pytest.raises(P.ProtocolError, match="padding"):
-        P.unpack_mask(b"\xff", 3)
+    with pytest.raises(W.ProtocolError, match="padding"):
+        W.unpack_mask(b"\xff", 3)
 
 
 def test_hello_error_round_trip():
-    fp, limit = P.decode_hello(P.encode_hello("ab" * 32, 1234), LIMITS, reply=True)
+    fp, limit = M.decode_hello(M.encode_hello("ab" * 32, 1234), LIMITS, reply=True)
     assert fp == "ab" * 32 and limit == 1234
-    e = P.decode_error(P.encode_error(P.ErrorCode.BAD_TENSOR, "nope"), LIMITS)
-    assert e.code == P.ErrorCode.BAD_TENSOR and "BAD_TENSOR" in str(e) and "nope" in str(e)
+    e = M.decode_error(M.encode_error(W.ErrorCode.BAD_TENSOR, "nope"), LIMITS)
+    assert e.code == W.ErrorCode.BAD_TENSOR and "BAD_TENSOR" in str(e) and "nope" in str(e)
 
 
 def test_non_tensor_and_unsupported_dtype_refused():
     with pytest.raises(TypeError):
-        P.encode_request(1, [True], {"x": 3})
+        M.encode_request(1, [True], {"x": 3})
     with pytest.raises(TypeError):
-        P.encode_request(1, [True], {"x": torch.zeros(2, dtype=torch.complex64)})
+        M.encode_request(1, [True], {"x": torch.zeros(2, dtype=torch.complex64)})
 
 
 def _request_payload() -> bytes:
     t = torch.randn(2, 3)
-    parts, _ = P.encode_request(1, [True, True, False], {"a": t, "b": t.to(torch.int8)})
+    parts, _ = M.encode_request(1, [True, True, False], {"a": t, "b": t.to(torch.int8)})
     return b"".join(bytes(p) for p in parts)
 
 
 def test_every_truncation_raises_protocol_error():
     payload = _request_payload()
     for k in range(len(payload)):
-        with pytest.raises(P.ProtocolError):
-            P.decode_request(bytearray(payload[:k]), LIMITS)
-    with pytest.raises(P.ProtocolError, match="trailing"):
-        P.decode_request(bytearray(payload + b"\0"), LIMITS)
+        with pytest.raises(W.ProtocolError):
+            M.decode_request(bytearray(payload[:k]), LIMITS)
+    with pytest.raises(W.ProtocolError, match="trailing"):
+        M.decode_request(bytearray(payload + b"\0"), LIMITS)
 
 
 def test_limits_checked_before_allocation():
     # a tensor header claiming 2**32-1 x 2**32-1 float64: refused, nothing allocated
-    head = struct.pack("<QI", 1, 1) + P.pack_mask([True]) + struct.pack("<I", 1)
+    head = struct.pack("<QI", 1, 1) + W.pack_mask([True]) + struct.pack("<I", 1)
     tensor = (
         struct.pack("<H", 1)
         + b"x"
         + struct.pack("<BB", 4, 2)
         + struct.pack("<II", *[2**32 - 1] * 2)
     )
-    with pytest.raises(P.ProtocolError) as e:
-        P.decode_request(bytearray(head + tensor), LIMITS)
-    assert e.value.code == P.ErrorCode.TOO_LARGE
-    many = struct.pack("<QI", 1, 1) + P.pack_mask([True]) + struct.pack("<I", 10**9)
-    with pytest.raises(P.ProtocolError) as e:
-        P.decode_request(bytearray(many), LIMITS)
-    assert e.value.code == P.ErrorCode.TOO_LARGE
+    with pytest.raises(W.ProtocolError) as e:
+        M.decode_request(bytearray(head + tensor), LIMITS)
+    assert e.value.code == W.ErrorCode.TOO_LARGE
+    many = struct.pack("<QI", 1, 1) + W.pack_mask([True]) + struct.pack("<I", 10**9)
+    with pytest.raises(W.ProtocolError) as e:
+        M.decode_request(bytearray(many), LIMITS)
+    assert e.value.code == W.ErrorCode.TOO_LARGE
     huge_mask = struct.pack("<QI", 1, 2**31)
-    with pytest.raises(P.ProtocolError) as e:
-        P.decode_request(bytearray(huge_mask), LIMITS)
-    assert e.value.code == P.ErrorCode.TOO_LARGE
+    with pytest.raises(W.ProtocolError) as e:
+        M.decode_request(bytearray(huge_mask), LIMITS)
+    assert e.value.code == W.ErrorCode.TOO_LARGE
 
 
 def test_bad_bool_bytes_refused():
-    head = struct.pack("<QI", 1, 1) + P.pack_mask([True]) + struct.pack("<I", 1)
+    head = struct.pack("<QI", 1, 1) + W.pack_mask([True]) + struct.pack("<I", 1)
     tensor = struct.pack("<H", 1) + b"x" + struct.pack("<BB", 10, 1) + struct.pack("<I", 2)
-    with pytest.raises(P.ProtocolError, match="bool"):
-        P.decode_request(bytearray(head + tensor + b"\x01\x07"), LIMITS)
+    with pytest.raises(W.ProtocolError, match="bool"):
+        M.decode_request(bytearray(head + tensor + b"\x01\x07"), LIMITS)
 
 
 @pytest.mark.parametrize(
     ("header", "code"),
     [
-        (struct.pack("<4sBBHI", b"XXXX", 1, 3, 0, 0), P.ErrorCode.BAD_FRAME),
-        (struct.pack("<4sBBHI", b"CICF", 9, 3, 0, 0), P.ErrorCode.BAD_VERSION),
-        (struct.pack("<4sBBHI", b"CICF", 1, 99, 0, 0), P.ErrorCode.UNKNOWN_TYPE),
-        (struct.pack("<4sBBHI", b"CICF", 1, 3, 1, 0), P.ErrorCode.BAD_FRAME),
-        (struct.pack("<4sBBHI", b"CICF", 1, 3, 0, 2**32 - 1), P.ErrorCode.TOO_LARGE),
+        (struct.pack("<4sBBHI", b"XXXX", 1, 3, 0, 0), W.ErrorCode.BAD_FRAME),
+        (struct.pack("<4sBBHI", b"CICF", 9, 3, 0, 0), W.ErrorCode.BAD_VERSION),
+        (struct.pack("<4sBBHI", b"CICF", 1, 99, 0, 0), W.ErrorCode.UNKNOWN_TYPE),
+        (struct.pack("<4sBBHI", b"CICF", 1, 3, 1, 0), W.ErrorCode.BAD_FRAME),
+        (struct.pack("<4sBBHI", b"CICF", 1, 3, 0, 2**32 - 1), W.ErrorCode.TOO_LARGE),
     ],
 )
 def test_parse_header_errors(header, code):
-    with pytest.raises(P.ProtocolError) as e:
-        P.parse_header(header, LIMITS)
+    with pytest.raises(W.ProtocolError) as e:
+        W.parse_header(header, LIMITS)
     assert e.value.code == code
 
 
@@ -170,13 +171,13 @@ def test_fuzzed_payloads_raise_only_protocol_error(data):
         payload = payload[: data.draw(st.integers(0, len(payload)))]
     else:
         payload = bytearray(data.draw(st.binary(max_size=200)))
-    for decode in (P.decode_request, P.decode_result):
-        with contextlib.suppress(P.ProtocolError):
+    for decode in (M.decode_request, M.decode_result):
+        with contextlib.suppress(W.ProtocolError):
             decode(bytearray(payload), LIMITS)
-    with contextlib.suppress(P.ProtocolError):
-        P.decode_hello(payload, LIMITS)
-    with contextlib.suppress(P.ProtocolError):
-        P.decode_error(payload, LIMITS)
+    with contextlib.suppress(W.ProtocolError):
+        M.decode_hello(payload, LIMITS)
+    with contextlib.suppress(W.ProtocolError):
+        M.decode_error(payload, LIMITS)
 
 
 # -- a live server -----------------------------------------------------------------------
@@ -208,22 +209,22 @@ def _raw(srv: Server) -> socket.socket:
 
 
 def _hello(sock: socket.socket, fp: str) -> None:
-    P.send_frame(sock, P.MsgType.HELLO, [P.encode_hello(fp)])
-    kind, payload = P.recv_frame(sock, LIMITS)
-    assert kind == P.MsgType.HELLO_OK, payload
-    assert P.decode_hello(payload, LIMITS, reply=True)[0] == fp
+    W.send_frame(sock, W.MsgType.HELLO, [M.encode_hello(fp)])
+    kind, payload = W.recv_frame(sock, LIMITS)
+    assert kind == W.MsgType.HELLO_OK, payload
+    assert M.decode_hello(payload, LIMITS, reply=True)[0] == fp
 
 
-def _expect_error(sock: socket.socket, code: P.ErrorCode) -> None:
-    kind, payload = P.recv_frame(sock, LIMITS)
-    assert kind == P.MsgType.ERROR
-    err = P.decode_error(payload, LIMITS)
+def _expect_error(sock: socket.socket, code: W.ErrorCode) -> None:
+    kind, payload = W.recv_frame(sock, LIMITS)
+    assert kind == W.MsgType.ERROR
+    err = M.decode_error(payload, LIMITS)
     assert err.code == code, err
 
 
 def _expect_closed(sock: socket.socket) -> None:
     with pytest.raises((EOFError, ConnectionError)):
-        P.recv_frame(sock, LIMITS)
+        W.recv_frame(sock, LIMITS)
 
 
 def _still_serving(live) -> None:
@@ -246,7 +247,7 @@ def _still_serving(live) -> None:
 
 
 def _request(graph, on, tensors) -> list:
-    parts, _ = P.encode_request(1, on, tensors)
+    parts, _ = M.encode_request(1, on, tensors)
     return parts
 
 
@@ -259,12 +260,12 @@ def _all_server(graph) -> np.ndarray:
 @pytest.mark.parametrize(
     ("raw", "code"),
     [
-        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", P.ErrorCode.BAD_FRAME),
-        (struct.pack("<4sBBHI", b"CICF", 2, 1, 0, 0), P.ErrorCode.BAD_VERSION),
-        (struct.pack("<4sBBHI", b"CICF", 1, 77, 0, 0), P.ErrorCode.UNKNOWN_TYPE),
-        (struct.pack("<4sBBHI", b"CICF", 1, 1, 0, 2**31), P.ErrorCode.TOO_LARGE),
-        (P.frame_header(P.MsgType.INFER, 0), P.ErrorCode.NOT_READY),
-        (P.frame_header(P.MsgType.HELLO, 3) + b"\x01\x00\xff", P.ErrorCode.BAD_FRAME),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", W.ErrorCode.BAD_FRAME),
+        (struct.pack("<4sBBHI", b"CICF", 2, 1, 0, 0), W.ErrorCode.BAD_VERSION),
+        (struct.pack("<4sBBHI", b"CICF", 1, 77, 0, 0), W.ErrorCode.UNKNOWN_TYPE),
+        (struct.pack("<4sBBHI", b"CICF", 1, 1, 0, 2**31), W.ErrorCode.TOO_LARGE),
+        (W.frame_header(W.MsgType.INFER, 0), W.ErrorCode.NOT_READY),
+        (W.frame_header(W.MsgType.HELLO, 3) + b"\x01\x00\xff", W.ErrorCode.BAD_FRAME),
     ],
 )
 def test_bad_first_frame_error_then_close(live, raw, code):
@@ -277,8 +278,8 @@ def test_bad_first_frame_error_then_close(live, raw, code):
 
 def test_fingerprint_mismatch_error_frame(live):
     with _raw(live[3]) as s:
-        P.send_frame(s, P.MsgType.HELLO, [P.encode_hello("0" * 64)])
-        _expect_error(s, P.ErrorCode.FINGERPRINT)
+        W.send_frame(s, W.MsgType.HELLO, [M.encode_hello("0" * 64)])
+        _expect_error(s, W.ErrorCode.FINGERPRINT)
         _expect_closed(s)
     _still_serving(live)
 
@@ -292,19 +293,19 @@ def test_request_errors_keep_the_connection(live):
     with _raw(srv) as s:
         _hello(s, srv.fingerprint)
         # input on the server
-        P.send_frame(s, P.MsgType.INFER, _request(graph, np.zeros(graph.n_nodes, bool), good))
-        _expect_error(s, P.ErrorCode.BAD_PARTITION)
+        W.send_frame(s, W.MsgType.INFER, _request(graph, np.zeros(graph.n_nodes, bool), good))
+        _expect_error(s, W.ErrorCode.BAD_PARTITION)
         # everything on the device: nothing to do
-        P.send_frame(s, P.MsgType.INFER, _request(graph, np.ones(graph.n_nodes, bool), good))
-        _expect_error(s, P.ErrorCode.BAD_PARTITION)
+        W.send_frame(s, W.MsgType.INFER, _request(graph, np.ones(graph.n_nodes, bool), good))
+        _expect_error(s, W.ErrorCode.BAD_PARTITION)
         # not closed under predecessors: conv on the server, relu on the device
         on = _all_server(graph)
         on[graph.names.index("relu")] = True
-        P.send_frame(s, P.MsgType.INFER, _request(graph, on, good))
-        _expect_error(s, P.ErrorCode.BAD_PARTITION)
+        W.send_frame(s, W.MsgType.INFER, _request(graph, on, good))
+        _expect_error(s, W.ErrorCode.BAD_PARTITION)
         # wrong mask length
-        P.send_frame(s, P.MsgType.INFER, _request(graph, _all_server(graph)[:-1], good))
-        _expect_error(s, P.ErrorCode.BAD_PARTITION)
+        W.send_frame(s, W.MsgType.INFER, _request(graph, _all_server(graph)[:-1], good))
+        _expect_error(s, W.ErrorCode.BAD_PARTITION)
         # wrong tensor shape, dtype, name
         for bad in (
             {name: torch.zeros(1, 3, 4, 4)},
@@ -312,22 +313,22 @@ def test_request_errors_keep_the_connection(live):
             {"nope": good[name]},
             {},
         ):
-            P.send_frame(s, P.MsgType.INFER, _request(graph, _all_server(graph), bad))
-            _expect_error(s, P.ErrorCode.BAD_TENSOR)
+            W.send_frame(s, W.MsgType.INFER, _request(graph, _all_server(graph), bad))
+            _expect_error(s, W.ErrorCode.BAD_TENSOR)
         # and the same connection still works
-        P.send_frame(s, P.MsgType.INFER, _request(graph, _all_server(graph), good))
-        kind, payload = P.recv_frame(s, LIMITS)
-        assert kind == P.MsgType.RESULT
-        _, _, leaves = P.decode_result(payload, LIMITS)
+        W.send_frame(s, W.MsgType.INFER, _request(graph, _all_server(graph), good))
+        kind, payload = W.recv_frame(s, LIMITS)
+        assert kind == W.MsgType.RESULT
+        _, _, leaves = M.decode_result(payload, LIMITS)
         with torch.inference_mode():
             assert torch.equal(leaves[0], model(x))
         # probe
-        P.send_frame(s, P.MsgType.PROBE, [bytes(1000)])
-        kind, payload = P.recv_frame(s, LIMITS)
-        assert kind == P.MsgType.PROBE_OK and struct.unpack("<Q", payload)[0] == 1000
+        W.send_frame(s, W.MsgType.PROBE, [bytes(1000)])
+        kind, payload = W.recv_frame(s, LIMITS)
+        assert kind == W.MsgType.PROBE_OK and struct.unpack("<Q", payload)[0] == 1000
         # a server-to-client frame type from a client: refused, closed
-        P.send_frame(s, P.MsgType.RESULT, [b""])
-        _expect_error(s, P.ErrorCode.UNKNOWN_TYPE)
+        W.send_frame(s, W.MsgType.RESULT, [b""])
+        _expect_error(s, W.ErrorCode.UNKNOWN_TYPE)
         _expect_closed(s)
     _still_serving(live)
 
@@ -336,8 +337,8 @@ def test_oversized_tensor_after_hello(live):
     srv = live[3]
     with _raw(srv) as s:
         _hello(s, srv.fingerprint)
-        s.sendall(P.frame_header(P.MsgType.INFER, LIMITS.max_frame_bytes + 1))
-        _expect_error(s, P.ErrorCode.TOO_LARGE)
+        s.sendall(W.frame_header(W.MsgType.INFER, LIMITS.max_frame_bytes + 1))
+        _expect_error(s, W.ErrorCode.TOO_LARGE)
         _expect_closed(s)
     _still_serving(live)
 
@@ -349,7 +350,7 @@ def test_truncated_frames_then_hangup(live):
         good = head(x)
     parts = _request(graph, _all_server(graph), good)
     payload = b"".join(bytes(p) for p in parts)
-    frame = P.frame_header(P.MsgType.INFER, len(payload)) + payload
+    frame = W.frame_header(W.MsgType.INFER, len(payload)) + payload
     for cut in (1, 11, 12, 40, len(frame) - 1):
         with _raw(srv) as s:
             _hello(s, srv.fingerprint)
@@ -362,7 +363,7 @@ def test_stalled_client_is_dropped(live):
     srv = live[3]
     with _raw(srv) as s:
         _hello(s, srv.fingerprint)
-        s.sendall(P.frame_header(P.MsgType.INFER, 100)[:5])
+        s.sendall(W.frame_header(W.MsgType.INFER, 100)[:5])
         _still_serving(live)  # others are served meanwhile
         s.settimeout(srv.timeout_s + 3)
         _expect_closed(s)
@@ -389,10 +390,10 @@ def test_fuzzed_frames_leave_server_serving(live, after_hello, msg_type, body, c
             s.sendall(struct.pack("<4sBBHI", b"CICF", 1, msg_type, 0, length) + body)
             s.shutdown(socket.SHUT_WR)
         # whatever the server does, it answers or closes within its timeout
-        with contextlib.suppress(P.ProtocolError, OSError, EOFError):
+        with contextlib.suppress(W.ProtocolError, OSError, EOFError):
             while True:
-                kind, _ = P.recv_frame(s, LIMITS)
-                if kind == P.MsgType.ERROR:
+                kind, _ = W.recv_frame(s, LIMITS)
+                if kind == W.MsgType.ERROR:
                     break
     assert srv._accept_thread is not None and srv._accept_thread.is_alive()
 

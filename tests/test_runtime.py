@@ -27,12 +27,13 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 nn = torch.nn
 
-from cic_fast.client import BandwidthEstimator, Client  # noqa: E402
-from cic_fast.linkemu import TokenBucketLink  # noqa: E402
-from cic_fast.profile import Profile  # noqa: E402
-from cic_fast.server import Server  # noqa: E402
-from cic_fast.split import boundary_of  # noqa: E402
-from cic_fast.trace import trace  # noqa: E402
+from cic_fast.core.cost import sent_set  # noqa: E402
+from cic_fast.evaluation.link import TokenBucketLink  # noqa: E402
+from cic_fast.frontend.profiling import Profile  # noqa: E402
+from cic_fast.frontend.tracing import trace  # noqa: E402
+from cic_fast.runtime.client import Client  # noqa: E402
+from cic_fast.runtime.estimator import BandwidthEstimator  # noqa: E402
+from cic_fast.runtime.server import Server  # noqa: E402
 
 TIMEOUT_S = 5.0
 
@@ -156,7 +157,7 @@ def test_round_trip_forced_partitions_tiny(tiny):
                 assert rec.bytes_sent == 0
             else:
                 assert rec.bytes_sent == int(
-                    tiny.graph.out_bytes[boundary_of(tiny.graph, on)].sum()
+                    tiny.graph.out_bytes[sent_set(tiny.graph.edges, on)].sum()
                 )
                 assert rec.server_s > 0 and rec.transfer_s >= 0
         assert srv.stats["errors"] == 0
@@ -204,7 +205,7 @@ def test_multi_tensor_cuts_googlenet(googlenet):
         seeds = np.zeros(g.n_nodes, dtype=bool)
         seeds[rng.integers(0, g.n_nodes - 1, size=3)] = True
         on = closed_down(g, seeds)
-        if not on.all() and len(boundary_of(g, on)) >= 2:
+        if not on.all() and len(sent_set(g.edges, on)) >= 2:
             cuts.append(on)
     with googlenet.server() as srv, googlenet.client(srv.address) as cli:
         for on in cuts:
@@ -241,13 +242,14 @@ def test_concurrent_clients(tiny):
 
 def test_max_clients_busy_then_fallback(tiny):
     with tiny.server(max_clients=1) as srv:
-        from cic_fast import protocol as P
+        from cic_fast.runtime import messages as M
+        from cic_fast.runtime import wire as W
 
         hog = socket.create_connection(srv.address, timeout=TIMEOUT_S)
         try:
             # once the hog's handshake is answered, it holds the only slot
-            P.send_frame(hog, P.MsgType.HELLO, [P.encode_hello(srv.fingerprint)])
-            assert P.recv_frame(hog, P.Limits())[0] == P.MsgType.HELLO_OK
+            W.send_frame(hog, W.MsgType.HELLO, [M.encode_hello(srv.fingerprint)])
+            assert W.recv_frame(hog, W.Limits())[0] == W.MsgType.HELLO_OK
             with tiny.client(srv.address) as cli:
                 assert_same(tiny.expected, cli.infer_partition(tiny.all_server(), tiny.x))
                 assert cli.last is not None and cli.last.fallback
@@ -335,11 +337,11 @@ def test_fingerprint_mismatch_refused_and_served_locally(tiny):
 
 def test_error_frame_falls_back(tiny):
     """A server that answers a request with an error frame: the device computes."""
-    from cic_fast import protocol as P
+    from cic_fast.runtime import wire as W
 
     class Failing(Server):
         def run_tail(self, on_device, tensors):
-            raise P.ProtocolError(P.ErrorCode.INTERNAL, "out of memory (simulated)")
+            raise W.ProtocolError(W.ErrorCode.INTERNAL, "out of memory (simulated)")
 
     with Failing(tiny.model, tiny.x, graph=tiny.graph, timeout_s=TIMEOUT_S).start() as srv:
         with tiny.client(srv.address, bandwidth_bps=1e10, retry_s=0.0) as cli:
@@ -351,9 +353,9 @@ def test_error_frame_falls_back(tiny):
 
 
 def test_request_over_server_frame_limit_served_locally(tiny):
-    from cic_fast import protocol as P
+    from cic_fast.runtime import wire as W
 
-    with tiny.server(limits=P.Limits(max_frame_bytes=1024)) as srv:
+    with tiny.server(limits=W.Limits(max_frame_bytes=1024)) as srv:
         with tiny.client(srv.address, bandwidth_bps=1e10) as cli:
             assert_same(tiny.expected, cli.infer_partition(tiny.all_server(), tiny.x))
             assert cli.last is not None and cli.last.fallback

@@ -25,9 +25,10 @@ import cic_fast
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from cic_fast.profile import Profile, profile  # noqa: E402
-from cic_fast.split import Split, boundary_of, split  # noqa: E402
-from cic_fast.trace import LayerGraph, trace  # noqa: E402
+from cic_fast.core.cost import sent_set  # noqa: E402
+from cic_fast.frontend.profiling import Profile, profile  # noqa: E402
+from cic_fast.frontend.splitting import Split, split  # noqa: E402
+from cic_fast.frontend.tracing import LayerGraph, trace  # noqa: E402
 from zoo import FULL, TORCHVISION, TwoInTwoOut, tv_model  # noqa: E402
 
 BANDWIDTHS_MBIT = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4)
@@ -339,7 +340,7 @@ def test_cut_through_several_branches(name):
     model, inputs = tv_model(name)
     g = trace(model, inputs)
     dev, srv = flop_profiles(g)
-    sizes = [len(boundary_of(g, prefix(g, k))) for k in range(g.n_nodes)]
+    sizes = [len(sent_set(g.edges, prefix(g, k))) for k in range(g.n_nodes)]
     widest = int(np.argmax(sizes))
     assert sizes[widest] >= 3, "expected a cut through an inception block's branches"
     # the widest cut and two more cutting through at least three branches

@@ -1,20 +1,30 @@
 """cic_fast: exact, microsecond DNN partitioning between an edge device and a server.
 
 The core primitive is `min_cut`: the latency-optimal device/server partition of
-a layer DAG at one bandwidth (see DESIGN.md, "The cost model"). The model front
-end (`trace`, `profile`, `split`) turns a PyTorch model into that DAG, measures
-its per-layer costs and cuts it into runnable head and tail modules; it needs
-torch, which is imported only when those functions are used.
+a layer DAG at one bandwidth (see DESIGN.md, "The cost model"); `Planner` is the
+CIC splitting model, optimal at every bandwidth and decided in well under a
+microsecond. The model front end (`trace`, `profile`, `split`) turns a PyTorch
+model into that DAG, measures its per-layer costs and cuts it into runnable head
+and tail modules; the runtime (`Server`, `Client`) runs the split over a socket.
+torch is imported only when the front end or the runtime is used.
+
+The package is layered, and imports run one way only (docs/architecture.md):
+``core`` (numpy + the C++ extension) <- ``frontend`` (torch) <- ``runtime`` <-
+``evaluation`` <- ``cli``.
 """
 
-from cic_fast.client import Client
-from cic_fast.graph import Graph, min_cut
-from cic_fast.partition import Partition
-from cic_fast.plan import Planner, PlanSegment
-from cic_fast.profile import Profile, profile
-from cic_fast.server import Server
-from cic_fast.split import BoundaryTensor, Split, split
-from cic_fast.trace import LayerGraph, TraceError, trace
+from cic_fast.core import Graph, Partition, Planner, PlanSegment, min_cut
+from cic_fast.frontend import (
+    BoundaryTensor,
+    LayerGraph,
+    Profile,
+    Split,
+    TraceError,
+    profile,
+    split,
+    trace,
+)
+from cic_fast.runtime import Client, Server
 
 __all__ = [
     "BoundaryTensor",

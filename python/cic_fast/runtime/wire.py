@@ -1,4 +1,4 @@
-"""The wire format between a device (``Client``) and a server (``Server``).
+"""The wire format between a device (``Client``) and a server (``Server``): framing and tensors.
 
 Everything on the wire is a *frame*: a fixed 12-byte header followed by a payload.
 
@@ -17,17 +17,17 @@ anything is allocated, and a payload must be consumed exactly (no trailing bytes
 docs/protocol.md describes the messages and the session.
 
 Any violation raises :class:`ProtocolError` with an :class:`ErrorCode`; an
-``ERROR`` frame received from the peer raises :class:`RemoteError`.  torch is
-imported lazily (only to convert tensors and hash weights).
+``ERROR`` frame received from the peer raises :class:`RemoteError`.  The payload
+of each message is in `cic_fast.runtime.messages`.  torch is imported lazily (only
+to convert tensors).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import socket
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
@@ -36,8 +36,6 @@ import numpy as np
 
 if TYPE_CHECKING:
     import torch
-
-    from .trace import LayerGraph
 
 __all__ = [
     "HEADER",
@@ -49,21 +47,16 @@ __all__ = [
     "ProtocolError",
     "Reader",
     "RemoteError",
-    "decode_error",
-    "decode_hello",
-    "decode_probe_ok",
-    "decode_request",
-    "decode_result",
-    "encode_error",
-    "encode_hello",
-    "encode_probe_ok",
-    "encode_request",
-    "encode_result",
+    "dtype_name",
+    "encode_string",
+    "encode_tensors",
     "frame_header",
-    "model_fingerprint",
     "pack_mask",
+    "parse_header",
+    "read_tensors",
     "recv_frame",
     "send_frame",
+    "tensor_parts",
     "unpack_mask",
 ]
 
@@ -73,9 +66,6 @@ HEADER = struct.Struct("<4sBBHI")
 _U8 = struct.Struct("<B")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
-_REQ = struct.Struct("<QI")  # request id, number of nodes
-_RES = struct.Struct("<Qd")  # request id, server seconds
 _TENSOR = struct.Struct("<BB")  # dtype code, ndim
 
 
@@ -408,14 +398,15 @@ class Reader:
 # -- payload writing -----------------------------------------------------------------
 
 
-def _string(s: str) -> bytes:
+def encode_string(s: str) -> bytes:
+    """A ``u16`` length-prefixed UTF-8 string."""
     b = s.encode("utf-8")
     if len(b) >= 1 << 16:
         raise ValueError(f"string of {len(b)} bytes is too long for the wire")
     return _U16.pack(len(b)) + b
 
 
-def _tensor_parts(name: str, t: torch.Tensor) -> list[Any]:
+def tensor_parts(name: str, t: torch.Tensor) -> list[Any]:
     """Header bytes and the raw data (a memoryview of the tensor's memory)."""
     import torch
 
@@ -427,7 +418,7 @@ def _tensor_parts(name: str, t: torch.Tensor) -> list[Any]:
     if t.ndim > 255 or any(d >= 1 << 32 for d in t.shape):
         raise ValueError(f"tensor {name!r}: shape {tuple(t.shape)} cannot be sent")
     t = t.detach().to("cpu").contiguous()
-    head = _string(name) + _TENSOR.pack(_DTYPE_CODE[dtype], t.ndim)
+    head = encode_string(name) + _TENSOR.pack(_DTYPE_CODE[dtype], t.ndim)
     head += struct.pack(f"<{t.ndim}I", *t.shape)
     if t.numel() == 0:
         return [head]
@@ -462,62 +453,19 @@ def unpack_mask(data: bytes | memoryview, n: int) -> np.ndarray:
     return bits[:n].astype(bool)
 
 
-# -- messages ------------------------------------------------------------------------
+# -- tensor lists --------------------------------------------------------------
 
 
-def encode_hello(fingerprint: str, max_frame_bytes: int | None = None) -> bytes:
-    """HELLO (client: fingerprint) or HELLO_OK (server: fingerprint + frame limit)."""
-    out = _string(fingerprint)
-    if max_frame_bytes is not None:
-        out += _U64.pack(max_frame_bytes)
-    return out
-
-
-def decode_hello(payload: Any, limits: Limits, *, reply: bool = False) -> tuple[str, int | None]:
-    """Parse HELLO (``reply=False``) or HELLO_OK; return (fingerprint, limit or None)."""
-    r = Reader(payload, limits)
-    fp = r.string("fingerprint")
-    limit = r.unpack(_U64, "frame limit")[0] if reply else None
-    r.end()
-    return fp, limit
-
-
-def encode_probe_ok(nbytes: int) -> bytes:
-    """PROBE_OK payload: ``u64`` number of filler bytes received."""
-    return _U64.pack(nbytes)
-
-
-def decode_probe_ok(payload: Any, limits: Limits) -> int:
-    """Parse PROBE_OK: the number of filler bytes the server received."""
-    r = Reader(payload, limits)
-    (n,) = r.unpack(_U64, "probe size")
-    r.end()
-    return int(n)
-
-
-def encode_error(code: int, message: str) -> bytes:
-    """ERROR payload: ``u16`` code, message (truncated to 1000 bytes)."""
-    msg = message.encode("utf-8")[:1000].decode("utf-8", "ignore")
-    return _U16.pack(int(code)) + _string(msg)
-
-
-def decode_error(payload: Any, limits: Limits) -> RemoteError:
-    """Parse an ERROR payload into the exception to raise."""
-    r = Reader(payload, limits)
-    (code,) = r.unpack(_U16, "error code")
-    msg = r.string("error message")
-    r.end()
-    return RemoteError(code, msg)
-
-
-def _tensors(tensors: Sequence[tuple[str, Any]]) -> tuple[list[Any], int]:
+def encode_tensors(tensors: Sequence[tuple[str, Any]]) -> tuple[list[Any], int]:
+    """A ``u32`` count and the named tensors: (payload pieces, their total bytes)."""
     parts: list[Any] = [_U32.pack(len(tensors))]
     for name, t in tensors:
-        parts.extend(_tensor_parts(name, t))
+        parts.extend(tensor_parts(name, t))
     return parts, sum(memoryview(p).nbytes for p in parts)
 
 
-def _read_tensors(r: Reader) -> list[tuple[str, Any]]:
+def read_tensors(r: Reader) -> list[tuple[str, Any]]:
+    """Read what `encode_tensors` wrote: (name, tensor) pairs, names distinct."""
     (count,) = r.unpack(_U32, "tensor count")
     if count > r.limits.max_tensors:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"{count} tensors over the limit")
@@ -526,78 +474,3 @@ def _read_tensors(r: Reader) -> list[tuple[str, Any]]:
     if len(set(names)) != len(names):
         raise ProtocolError(ErrorCode.BAD_FRAME, "duplicate tensor names")
     return out
-
-
-def encode_request(
-    request_id: int, on_device: Any, tensors: Mapping[str, Any]
-) -> tuple[list[Any], int]:
-    """INFER payload: ``u64`` id, ``u32`` n, mask, ``u32`` count, tensors.
-
-    Returns
-    -------
-    parts : list of bytes-like
-        The payload in pieces (tensor data is not copied).
-    nbytes : int
-        Payload length.
-    """
-    on = np.asarray(on_device, dtype=bool)
-    head = _REQ.pack(request_id, on.size) + pack_mask(on)
-    parts, n = _tensors(list(tensors.items()))
-    return [head, *parts], len(head) + n
-
-
-def decode_request(payload: Any, limits: Limits) -> tuple[int, np.ndarray, dict[str, Any]]:
-    """Parse INFER: (request id, ``on_device`` bool array, name -> tensor)."""
-    r = Reader(payload, limits)
-    request_id, n = r.unpack(_REQ, "request header")
-    if n > limits.max_nodes:
-        raise ProtocolError(ErrorCode.TOO_LARGE, f"partition of {n} nodes over the limit")
-    on = unpack_mask(r.take((n + 7) // 8, "partition mask"), n)
-    tensors = dict(_read_tensors(r))
-    r.end()
-    return request_id, on, tensors
-
-
-def encode_result(
-    request_id: int, server_s: float, outputs: Sequence[Any]
-) -> tuple[list[Any], int]:
-    """RESULT payload: ``u64`` id, ``f64`` server seconds, the flat outputs."""
-    head = _RES.pack(request_id, server_s)
-    parts, n = _tensors([(str(i), t) for i, t in enumerate(outputs)])
-    return [head, *parts], len(head) + n
-
-
-def decode_result(payload: Any, limits: Limits) -> tuple[int, float, list[Any]]:
-    """Parse RESULT: (request id, server seconds, flat output tensors in order)."""
-    r = Reader(payload, limits)
-    request_id, server_s = r.unpack(_RES, "result header")
-    tensors = _read_tensors(r)
-    r.end()
-    if [n for n, _ in tensors] != [str(i) for i in range(len(tensors))]:
-        raise ProtocolError(ErrorCode.BAD_FRAME, "result tensors must be named 0, 1, ...")
-    if not (math.isfinite(server_s) and server_s >= 0):
-        raise ProtocolError(ErrorCode.BAD_FRAME, f"bad server time {server_s}")
-    return request_id, float(server_s), [t for _, t in tensors]
-
-
-# -- model identity ------------------------------------------------------------------
-
-
-def model_fingerprint(model: torch.nn.Module, graph: LayerGraph) -> str:
-    """Hex SHA-256 of the architecture (traced graph, output shapes) and the weights.
-
-    Two processes agree on it exactly when they traced the same architecture at the
-    same input shapes and hold bit-identical parameters and buffers.
-    """
-    h = hashlib.sha256(b"cic_fast.model/1\x00")
-    h.update(graph.fingerprint.encode())
-    h.update("\x1f".join(graph.shapes).encode())
-    h.update(b"\x1e")
-    for name, t in sorted(model.state_dict().items()):
-        c = t.detach().to("cpu").contiguous()
-        h.update(f"{name}\x1f{c.dtype}\x1f{tuple(c.shape)}\x1e".encode())
-        if c.numel():
-            import torch
-
-            h.update(c.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()

@@ -13,13 +13,21 @@ from typing import Any
 
 import numpy as np
 
+from cic_fast.cli.common import (
+    add_model_args,
+    add_profile_args,
+    example_inputs,
+    fmt_bps,
+    fmt_bytes,
+    load_profiles,
+    trace_model,
+)
+
 __all__ = ["add_plan_parser", "format_plan", "plot_plan"]
 
 
 def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``plan MODEL --device D.json --server S.json [-o FILE] [--plot PNG]``."""
-    from .cli_model import _add_model_args, _add_profile_args
-
     p = subparsers.add_parser(
         "plan",
         help="the optimal split of a model for every bandwidth (the CIC splitting model)",
@@ -27,31 +35,13 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
         "bandwidth ranges: where the cut falls in each, what is sent and the predicted "
         "latency. MODEL may also be a .plan file written by -o, which is shown as is.",
     )
-    _add_model_args(p)
-    _add_profile_args(p, device_required=False)  # a .plan file needs none
+    add_model_args(p)
+    add_profile_args(p, device_required=False)  # a .plan file needs none
     p.add_argument("--rtt-ms", type=float, default=0.0, help="round trip time, ms (default 0)")
     p.add_argument("-o", "--output", help="write the plan here (Planner.save)")
     p.add_argument("--plot", metavar="PNG", help="draw latency vs bandwidth (needs matplotlib)")
     p.set_defaults(func=_run_plan)
     return p
-
-
-def _fmt_bps(b: float) -> str:
-    if b == 0.0:
-        return "0"
-    if math.isinf(b):
-        return "inf"
-    for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
-        if b >= scale:
-            return f"{b / scale:.4g} {unit}"
-    return f"{b:.4g} bit/s"
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit, scale in (("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n:.0f} B"
 
 
 def format_plan(planner: Any, names: tuple[str, ...] | None = None, max_names: int = 3) -> str:
@@ -79,10 +69,10 @@ def format_plan(planner: Any, names: tuple[str, ...] | None = None, max_names: i
         )
         rows.append(
             (
-                f"{_fmt_bps(lo)} .. {_fmt_bps(hi)}",
+                f"{fmt_bps(lo)} .. {fmt_bps(hi)}",
                 f"{int(np.count_nonzero(s.on_device))}/{n}",
                 sent,
-                _fmt_bytes(s.bytes_sent),
+                fmt_bytes(s.bytes_sent),
                 lat,
             )
         )
@@ -135,20 +125,19 @@ def plot_plan(planner: Any, path: str | os.PathLike[str]) -> None:
 
 
 def _run_plan(args: argparse.Namespace) -> int:
-    from .plan import Planner
+    from cic_fast.core.planner import Planner
 
     if args.model.endswith(".plan") and os.path.exists(args.model):
         planner = Planner.load(args.model)
         label = args.model
     else:
-        from .cli_model import _example_inputs, _load_profiles, _trace
-        from .models import load_model
+        from cic_fast.frontend.models import load_model
 
         if not args.device_profile:
             raise ValueError("give --device PROFILE.json (and --server or --server-speedup)")
         model = load_model(args.model, weights=args.weights)
-        graph = _trace(model, _example_inputs(args))
-        dev, srv = _load_profiles(args, graph)
+        graph = trace_model(model, example_inputs(args))
+        dev, srv = load_profiles(args, graph)
         planner = Planner.from_profiles(graph, dev, srv, rtt_s=args.rtt_ms / 1e3)
         label = args.model
     print(f"{label}: {planner.n_nodes} nodes, rtt {planner.rtt_s * 1e3:g} ms")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .trace import LayerGraph, placeholder_value, run_node, trace
+from cic_fast.frontend.tracing import LayerGraph, as_args, placeholder_value, run_node, trace
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +42,7 @@ class Profile:
     Attributes
     ----------
     names : tuple of str
-        Node names of the :class:`~cic_fast.trace.LayerGraph` it was measured on.
+        Node names of the :class:`~cic_fast.frontend.tracing.LayerGraph` it was measured on.
     fingerprint : str
         That graph's fingerprint; :meth:`check` compares it.
     seconds : numpy.ndarray
@@ -344,7 +344,7 @@ def profile(
 
     gm = prog.module
     run_model: Any = model
-    inputs = _args(example_inputs)
+    inputs = as_args(example_inputs)
     if dev.type != "cpu":
         # Never move the caller's model: time a copy on the device.
         gm = copy.deepcopy(gm).to(dev)
@@ -450,11 +450,3 @@ def _clone(value: Any) -> Any:
     from torch.utils import _pytree
 
     return _pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, value)
-
-
-def _args(example_inputs: Any) -> tuple[Any, ...]:
-    import torch
-
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    return tuple(example_inputs)

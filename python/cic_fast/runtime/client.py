@@ -1,7 +1,7 @@
 """The device side of collaborative inference.
 
-A :class:`Client` holds the same model as the :class:`~cic_fast.server.Server`, a
-:class:`~cic_fast.plan.Planner` built from the device and server profiles, and a
+A :class:`Client` holds the same model as the :class:`~cic_fast.runtime.server.Server`, a
+:class:`~cic_fast.Planner` built from the device and server profiles, and a
 :class:`BandwidthEstimator` fed by its own transfers.  For every request it
 
 1. takes the bandwidth (``client.bandwidth_bps`` if set, else the estimate; a small
@@ -17,86 +17,33 @@ A :class:`Client` holds the same model as the :class:`~cic_fast.server.Server`, 
 from __future__ import annotations
 
 import contextlib
-import math
 import socket
-import statistics
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import protocol as P
-from .graph import Graph
-from .partition import Partition
-from .plan import Planner
-from .profile import Profile
-from .split import build_parts, validate_partition
-from .trace import LayerGraph, trace
+from cic_fast.core import cost
+from cic_fast.core.baselines import device_only
+from cic_fast.core.cost import Partition
+from cic_fast.core.planner import Planner
+from cic_fast.frontend.cutting import build_parts
+from cic_fast.frontend.profiling import Profile
+from cic_fast.frontend.tracing import LayerGraph, as_args, trace
+from cic_fast.runtime import messages as M
+from cic_fast.runtime import wire as W
+from cic_fast.runtime.estimator import BandwidthEstimator
+from cic_fast.runtime.fingerprint import model_fingerprint
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["BandwidthEstimator", "Client", "RequestRecord"]
 
-_NETWORK_ERRORS = (OSError, EOFError, P.ProtocolError, P.RemoteError)
-
-
-class BandwidthEstimator:
-    """Median of the rates of the last few transfers.
-
-    Each sample is ``bits / seconds`` of one transfer; the estimate is the median
-    of the samples of the last ``max_age_s`` seconds (at most ``window``), which
-    ignores a single stalled or bursty transfer.
-
-    Parameters
-    ----------
-    window : int
-        Samples kept.
-    max_age_s : float
-        Samples older than this are ignored (the link may have changed).
-    min_bytes : int
-        Transfers smaller than this are not samples: their time is mostly latency
-        and per-message overhead, not the link's rate.
-    """
-
-    def __init__(self, window: int = 8, max_age_s: float = 30.0, min_bytes: int = 4096) -> None:
-        if window < 1 or not max_age_s > 0 or min_bytes < 0:
-            raise ValueError("window must be >= 1, max_age_s > 0 and min_bytes >= 0")
-        self.max_age_s = float(max_age_s)
-        self.min_bytes = int(min_bytes)
-        self._samples: deque[tuple[float, float]] = deque(maxlen=window)
-        self._lock = threading.Lock()
-
-    def add(self, bits: float, seconds: float, *, now: float | None = None) -> None:
-        """Record one transfer of ``bits`` that took ``seconds``.
-
-        Ignored unless ``seconds > 0`` and ``bits >= 8 * min_bytes``.
-        """
-        if bits < 8 * self.min_bytes or not (
-            bits > 0 and seconds > 0 and math.isfinite(bits / seconds)
-        ):
-            return
-        with self._lock:
-            self._samples.append((time.monotonic() if now is None else now, bits / seconds))
-
-    def estimate(self, *, now: float | None = None) -> float | None:
-        """The bandwidth in bits per second, or None without recent samples."""
-        t = time.monotonic() if now is None else now
-        with self._lock:
-            recent = [bps for when, bps in self._samples if t - when <= self.max_age_s]
-        return statistics.median(recent) if recent else None
-
-    def clear(self) -> None:
-        """Forget every sample."""
-        with self._lock:
-            self._samples.clear()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._samples)
+_NETWORK_ERRORS = (OSError, EOFError, W.ProtocolError, W.RemoteError)
 
 
 @dataclass
@@ -136,7 +83,7 @@ class RequestRecord:
 
 
 class Client:
-    """Run a model split between this device and a :class:`~cic_fast.server.Server`.
+    """Run a model split between this device and a :class:`~cic_fast.runtime.server.Server`.
 
     Parameters
     ----------
@@ -187,7 +134,7 @@ class Client:
         graph: LayerGraph | None = None,
         planner: Planner | None = None,
         cache_size: int = 16,
-        limits: P.Limits | None = None,
+        limits: W.Limits | None = None,
     ) -> None:
         import torch
         from torch.utils import _pytree
@@ -196,7 +143,7 @@ class Client:
             raise ValueError("timeout_s must be > 0")
         if bandwidth_bps is not None and not bandwidth_bps > 0:
             raise ValueError("bandwidth_bps must be > 0 or None")
-        args = _as_args(example_inputs)
+        args = as_args(example_inputs)
         self.model = model
         self.address = (str(address[0]), int(address[1]))
         self.timeout_s = float(timeout_s)
@@ -205,17 +152,14 @@ class Client:
         self.probe_bytes = int(probe_bytes)
         self.retry_s = float(retry_s)
         self.estimator = estimator if estimator is not None else BandwidthEstimator()
-        self.limits = limits or P.Limits()
+        self.limits = limits or W.Limits()
         self.graph = graph if graph is not None else trace(model, args)
         self.planner = (
             planner
             if planner is not None
             else Planner.from_profiles(self.graph, device_profile, server_profile, rtt_s=rtt_s)
         )
-        self._core = Graph(
-            self.graph.edges, device_profile.seconds, server_profile.seconds, self.graph.out_bytes
-        )
-        self.fingerprint = P.model_fingerprint(model, self.graph)
+        self.fingerprint = model_fingerprint(model, self.graph)
         with torch.inference_mode():
             leaves, self._out_spec = _pytree.tree_flatten(model(*args))
         self._out_meta = [
@@ -254,16 +198,16 @@ class Client:
             sock.settimeout(self.timeout_s)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            P.send_frame(sock, P.MsgType.HELLO, [P.encode_hello(self.fingerprint)])
-            kind, payload = P.recv_frame(sock, self.limits)
-            if kind == P.MsgType.ERROR:
-                raise P.decode_error(payload, self.limits)
-            if kind != P.MsgType.HELLO_OK:
-                raise P.ProtocolError(P.ErrorCode.UNKNOWN_TYPE, f"expected HELLO_OK, got {kind}")
-            fp, limit = P.decode_hello(payload, self.limits, reply=True)
+            W.send_frame(sock, W.MsgType.HELLO, [M.encode_hello(self.fingerprint)])
+            kind, payload = W.recv_frame(sock, self.limits)
+            if kind == W.MsgType.ERROR:
+                raise M.decode_error(payload, self.limits)
+            if kind != W.MsgType.HELLO_OK:
+                raise W.ProtocolError(W.ErrorCode.UNKNOWN_TYPE, f"expected HELLO_OK, got {kind}")
+            fp, limit = M.decode_hello(payload, self.limits, reply=True)
             self.server_max_frame_bytes = limit
             if fp != self.fingerprint:
-                raise P.ProtocolError(P.ErrorCode.FINGERPRINT, "server has another model")
+                raise W.ProtocolError(W.ErrorCode.FINGERPRINT, "server has another model")
         except BaseException:
             sock.close()
             raise
@@ -290,21 +234,21 @@ class Client:
             try:
                 sock = self._connection()
                 t0 = time.perf_counter()
-                sent = P.send_frame(sock, P.MsgType.PROBE, [bytes(self.probe_bytes)])
-                kind, payload = P.recv_frame(sock, self.limits)
+                sent = W.send_frame(sock, W.MsgType.PROBE, [bytes(self.probe_bytes)])
+                kind, payload = W.recv_frame(sock, self.limits)
                 seconds = time.perf_counter() - t0
-                if kind == P.MsgType.ERROR:
-                    raise P.decode_error(payload, self.limits)
-                if kind != P.MsgType.PROBE_OK:
-                    raise P.ProtocolError(
-                        P.ErrorCode.UNKNOWN_TYPE, f"expected PROBE_OK, got {kind}"
+                if kind == W.MsgType.ERROR:
+                    raise M.decode_error(payload, self.limits)
+                if kind != W.MsgType.PROBE_OK:
+                    raise W.ProtocolError(
+                        W.ErrorCode.UNKNOWN_TYPE, f"expected PROBE_OK, got {kind}"
                     )
-                if P.decode_probe_ok(payload, self.limits) != self.probe_bytes:
-                    raise P.ProtocolError(P.ErrorCode.BAD_FRAME, "probe size mismatch")
+                if M.decode_probe_ok(payload, self.limits) != self.probe_bytes:
+                    raise W.ProtocolError(W.ErrorCode.BAD_FRAME, "probe size mismatch")
             except _NETWORK_ERRORS as e:
                 self._fail(e)
                 return None
-            self._add_sample(sent + P.HEADER.size + len(payload), seconds)
+            self._add_sample(sent + W.HEADER.size + len(payload), seconds)
             return self.estimator.estimate()
 
     def _add_sample(self, nbytes: int, seconds: float) -> None:
@@ -313,7 +257,7 @@ class Client:
     # -- inference -----------------------------------------------------------------
 
     def _parts_for(self, on_device: np.ndarray) -> tuple[Any, Any]:
-        key = P.pack_mask(on_device)
+        key = W.pack_mask(on_device)
         parts = self._parts.get(key)
         if parts is None:
             head, tail, _ = build_parts(self.graph, on_device)
@@ -334,8 +278,8 @@ class Client:
                 bw = self.probe()
                 probed = bw is not None
         if bw is None or self.server_down:
-            on = np.ones(self.graph.n_nodes, dtype=bool)
-            return self._core.evaluate(on, bw or 1.0, self.rtt_s), bw, probed
+            on = device_only(self.graph.n_nodes)
+            return self.planner.graph.evaluate(on, bw or 1.0, self.rtt_s), bw, probed
         return self.planner.decide(bw), bw, probed
 
     def infer(self, *inputs: Any) -> Any:
@@ -363,11 +307,12 @@ class Client:
         ValueError
             If ``on_device`` is not a valid partition of the model's graph.
         """
-        on = validate_partition(self.graph, on_device)
+        g = self.graph
+        on = cost.check_partition(g.edges, g.n_nodes, on_device, names=g.names)
         with self._lock:
             t_start = time.perf_counter()
             bw = self.bandwidth_bps or self.estimator.estimate()
-            partition = self._core.evaluate(on, bw or 1e9, self.rtt_s)
+            partition = self.planner.graph.evaluate(on, bw or 1e9, self.rtt_s)
             return self._run(partition, bw, False, t_start, inputs)
 
     def _run(
@@ -396,35 +341,35 @@ class Client:
                 return self._local(tail, sent, partition, bw, probed, t_start, t0, err)
             try:
                 self._request_id += 1
-                parts, nbytes = P.encode_request(self._request_id, partition.on_device, sent)
+                parts, nbytes = M.encode_request(self._request_id, partition.on_device, sent)
             except (TypeError, ValueError) as e:  # e.g. a non-tensor value at the cut
                 return self._local(tail, sent, partition, bw, probed, t_start, t0, str(e))
             device_s = time.perf_counter() - t0
             try:
                 sock = self._connection()
                 if self.server_max_frame_bytes is not None and nbytes > self.server_max_frame_bytes:
-                    raise P.ProtocolError(
-                        P.ErrorCode.TOO_LARGE,
+                    raise W.ProtocolError(
+                        W.ErrorCode.TOO_LARGE,
                         f"request of {nbytes} bytes over the server's frame limit "
                         f"({self.server_max_frame_bytes})",
                     )
                 t1 = time.perf_counter()
-                frame_bytes = P.send_frame(sock, P.MsgType.INFER, parts)
-                kind, payload = P.recv_frame(sock, self.limits)
+                frame_bytes = W.send_frame(sock, W.MsgType.INFER, parts)
+                kind, payload = W.recv_frame(sock, self.limits)
                 t2 = time.perf_counter()
-                if kind == P.MsgType.ERROR:
-                    raise P.decode_error(payload, self.limits)
-                if kind != P.MsgType.RESULT:
-                    raise P.ProtocolError(P.ErrorCode.UNKNOWN_TYPE, f"expected RESULT, got {kind}")
-                request_id, server_s, leaves = P.decode_result(payload, self.limits)
+                if kind == W.MsgType.ERROR:
+                    raise M.decode_error(payload, self.limits)
+                if kind != W.MsgType.RESULT:
+                    raise W.ProtocolError(W.ErrorCode.UNKNOWN_TYPE, f"expected RESULT, got {kind}")
+                request_id, server_s, leaves = M.decode_result(payload, self.limits)
                 if request_id != self._request_id:
-                    raise P.ProtocolError(P.ErrorCode.BAD_FRAME, "answer to another request")
+                    raise W.ProtocolError(W.ErrorCode.BAD_FRAME, "answer to another request")
                 out = self._restructure(leaves)
             except _NETWORK_ERRORS as e:
                 err = self._fail(e)
                 return self._local(tail, sent, partition, bw, probed, t_start, t0, err)
             transfer_s = max(t2 - t1 - server_s, 0.0)
-            self._add_sample(frame_bytes + P.HEADER.size + len(payload), transfer_s)
+            self._add_sample(frame_bytes + W.HEADER.size + len(payload), transfer_s)
             self.last = RequestRecord(
                 partition,
                 False,
@@ -462,15 +407,7 @@ class Client:
 
         meta = [(t.dtype, tuple(t.shape)) for t in leaves]
         if meta != self._out_meta:
-            raise P.ProtocolError(
-                P.ErrorCode.BAD_FRAME, "server outputs differ from the model's in dtype or shape"
+            raise W.ProtocolError(
+                W.ErrorCode.BAD_FRAME, "server outputs differ from the model's in dtype or shape"
             )
         return _pytree.tree_unflatten(leaves, self._out_spec)
-
-
-def _as_args(example_inputs: Any) -> tuple[Any, ...]:
-    import torch
-
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    return tuple(example_inputs)

@@ -7,78 +7,16 @@ re-sets capacities and re-solves. `min_cut` is the one-call form.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from cic_fast import _core
-from cic_fast.partition import Partition
+from cic_fast.core.checks import as_edges, as_mask, as_real, as_vector
+from cic_fast.core.cost import Partition, partition_from_core
 
-__all__ = ["Graph", "min_cut"]
-
-_INT64_MAX = np.iinfo(np.int64).max
-
-
-def _as_edges(edges: Any) -> npt.NDArray[np.int64]:
-    try:
-        a = np.asarray(edges)
-    except (ValueError, TypeError) as exc:  # ragged nested lists
-        raise ValueError(f"edges must have shape (E, 2): {exc}") from None
-    if a.size == 0 and a.ndim <= 2 and (a.ndim < 2 or a.shape[1] == 2):
-        return np.empty((0, 2), dtype=np.int64)
-    if a.dtype == object and all(
-        isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in a.flat
-    ):
-        # Python ints beyond int64 make numpy fall back to object arrays.
-        raise ValueError("edges hold a node index out of range (does not fit in int64)")
-    if a.dtype.kind not in "iu":
-        raise TypeError(f"edges must be an integer array, got dtype {a.dtype}")
-    if a.ndim != 2 or a.shape[1] != 2:
-        raise ValueError(f"edges must have shape (E, 2), got {a.shape}")
-    if a.dtype.kind == "u" and int(a.max()) > _INT64_MAX:
-        raise ValueError("edges hold a node index out of range (above int64)")
-    return np.ascontiguousarray(a, dtype=np.int64)
-
-
-def _as_vector(values: Any, name: str) -> npt.NDArray[np.float64]:
-    try:
-        a = np.asarray(values)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{name} must be 1-D numbers: {exc}") from None
-    if a.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must be a real-valued array, got dtype {a.dtype}")
-    if a.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
-    return np.ascontiguousarray(a, dtype=np.float64)
-
-
-def _as_real(value: Any, name: str) -> float:
-    if type(value) is float:  # the common case, checked first: this is on the hot path
-        return value
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    return float(value)
-
-
-def _as_partition(on_device: Any, n: int) -> npt.NDArray[np.bool_]:
-    a = np.asarray(on_device)
-    # Always a copy: the Partition returned keeps it.
-    if a.dtype.kind == "b" or (a.dtype.kind in "iu" and bool(((a == 0) | (a == 1)).all())):
-        out = a.astype(np.bool_, copy=True)
-    else:
-        raise TypeError(f"on_device must be a boolean array, got dtype {a.dtype}")
-    if out.ndim != 1 or out.shape[0] != n:
-        raise ValueError(f"on_device must have length {n} (one entry per node), got {a.shape}")
-    return out
-
-
-def _pack(t: tuple[Any, ...], bandwidth_bps: float) -> Partition:
-    on_device, sent, latency, device, transfer, server, rtt, nbytes = t
-    return Partition._make(
-        on_device, latency, device, transfer, server, rtt, int(nbytes), sent, bandwidth_bps
-    )
+__all__ = ["Graph", "core_graph", "min_cut"]
 
 
 class Graph:
@@ -117,10 +55,10 @@ class Graph:
         # The core copies what it keeps, so later changes to the caller's
         # arrays cannot desynchronise it.
         self._core = _core.Graph(
-            _as_edges(edges),
-            _as_vector(device_s, "device_s"),
-            _as_vector(server_s, "server_s"),
-            _as_vector(out_bytes, "out_bytes"),
+            as_edges(edges),
+            as_vector(device_s, "device_s"),
+            as_vector(server_s, "server_s"),
+            as_vector(out_bytes, "out_bytes"),
         )
 
     @property
@@ -185,9 +123,9 @@ class Graph:
         The solver allocates nothing per call and releases the GIL; calls on
         one Graph from several threads are serialised.
         """
-        bw = _as_real(bandwidth_bps, "bandwidth_bps")
-        rtt = _as_real(rtt_s, "rtt_s")
-        return _pack(self._core.min_cut(bw, rtt), bw)
+        bw = as_real(bandwidth_bps, "bandwidth_bps")
+        rtt = as_real(rtt_s, "rtt_s")
+        return partition_from_core(self._core.min_cut(bw, rtt), bw)
 
     def evaluate(self, on_device: Any, bandwidth_bps: float, rtt_s: float = 0.0) -> Partition:
         """Price a given partition with the cost model.
@@ -211,15 +149,24 @@ class Graph:
             If the partition has the wrong length, puts an input on the server,
             or is not closed under predecessors (data would flow back).
         """
-        bw = _as_real(bandwidth_bps, "bandwidth_bps")
-        rtt = _as_real(rtt_s, "rtt_s")
-        mask = _as_partition(on_device, self.n_nodes)
-        return _pack(self._core.evaluate(mask, bw, rtt), bw)
+        bw = as_real(bandwidth_bps, "bandwidth_bps")
+        rtt = as_real(rtt_s, "rtt_s")
+        mask = as_mask(on_device, self.n_nodes)
+        return partition_from_core(self._core.evaluate(mask, bw, rtt), bw)
 
     def __repr__(self) -> str:
         return (
             f"Graph(n_nodes={self.n_nodes}, n_edges={self.n_edges}, inputs={self.inputs.tolist()})"
         )
+
+
+def core_graph(graph: Graph) -> _core.Graph:
+    """The prepared C++ problem behind ``graph`` (for the core's own modules).
+
+    The planner builds its plan on it, so that one layer graph is validated and
+    laid out once.
+    """
+    return graph._core
 
 
 def min_cut(

@@ -1,4 +1,4 @@
-"""Resolve a model spec (``torchvision:NAME`` or ``package.module:callable``).
+"""Resolve a model spec (``torchvision:NAME`` or ``package.module:callable``) and its weights.
 
 Weights are loaded with ``torch.load(..., weights_only=True)``: a state dict file
 can then never run code.  torch is imported lazily.
@@ -9,19 +9,12 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
-import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = [
-    "default_input_shape",
-    "load_model",
-    "load_weights",
-    "parse_bandwidth",
-    "parse_shape",
-]
+__all__ = ["default_input_shape", "load_model", "load_weights"]
 
 # torchvision builders that warn about their default initialisation unless told
 _INIT_WEIGHTS = {"inception_v3", "googlenet"}
@@ -129,38 +122,3 @@ def default_input_shape(spec: str) -> tuple[int, ...]:
     name = spec.split(":", 1)[-1]
     size = _INPUT_SIZE.get(name, 224)
     return (1, 3, size, size)
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """Parse ``"1,3,224,224"`` (or ``1x3x224x224``) into a shape tuple."""
-    parts = [p for p in re.split(r"[,x\s]+", text.strip()) if p]
-    try:
-        shape = tuple(int(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"bad input shape {text!r}: expected integers like 1,3,224,224") from None
-    if not shape or any(s <= 0 for s in shape):
-        raise ValueError(f"bad input shape {text!r}: dimensions must be positive")
-    return shape
-
-
-_UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-
-
-def parse_bandwidth(text: str) -> float:
-    """Parse a bandwidth into bits per second.
-
-    Accepts ``10Mbit``, ``10 Mbit/s``, ``10mbps``, ``1.5Gbit``, ``800kbit``, ``10M``
-    and a plain number of bits per second.  Bytes (``MB/s``) are converted with
-    the factor 8.
-    """
-    m = re.fullmatch(
-        r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGtT]?)(bit|bps|b|B)?(?:/s)?\s*", text
-    )
-    if not m:
-        raise ValueError(f"bad bandwidth {text!r}: expected e.g. 10Mbit, 1.5Gbit/s or 1e6")
-    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    if m.group(3) == "B":
-        value *= 8
-    if not value > 0:
-        raise ValueError(f"bad bandwidth {text!r}: must be positive")
-    return value

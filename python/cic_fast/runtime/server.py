@@ -23,9 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import protocol as P
-from .split import build_parts, describe_boundary, validate_partition
-from .trace import LayerGraph, trace
+from cic_fast.core import cost
+from cic_fast.frontend.cutting import build_parts, describe_boundary
+from cic_fast.frontend.tracing import LayerGraph, trace
+from cic_fast.runtime import messages as M
+from cic_fast.runtime import wire as W
+from cic_fast.runtime.fingerprint import model_fingerprint
 
 if TYPE_CHECKING:
     import torch
@@ -80,7 +83,7 @@ class Server:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        limits: P.Limits | None = None,
+        limits: W.Limits | None = None,
         cache_size: int = 16,
         max_clients: int = 64,
         timeout_s: float = 30.0,
@@ -90,8 +93,8 @@ class Server:
             raise ValueError("cache_size and max_clients must be >= 1, timeout_s > 0")
         self.model = model
         self.graph = graph if graph is not None else trace(model, example_inputs)
-        self.fingerprint = P.model_fingerprint(model, self.graph)
-        self.limits = limits or P.Limits()
+        self.fingerprint = model_fingerprint(model, self.graph)
+        self.limits = limits or W.Limits()
         self.cache_size = cache_size
         self.max_clients = max_clients
         self.timeout_s = float(timeout_s)
@@ -174,18 +177,19 @@ class Server:
             BAD_PARTITION if the partition is invalid or offloads nothing.
         """
         # the length is part of the key: masks of n and n-1 nodes can pack alike
-        key = len(on_device).to_bytes(8, "little") + P.pack_mask(on_device)
+        key = len(on_device).to_bytes(8, "little") + W.pack_mask(on_device)
         with self._lock:
             tail = self._tails.get(key)
             if tail is not None:
                 self._tails.move_to_end(key)
                 return tail
         try:
-            on = validate_partition(self.graph, on_device)
+            g = self.graph
+            on = cost.check_partition(g.edges, g.n_nodes, on_device, names=g.names)
         except ValueError as e:
-            raise P.ProtocolError(P.ErrorCode.BAD_PARTITION, str(e)) from None
+            raise W.ProtocolError(W.ErrorCode.BAD_PARTITION, str(e)) from None
         if on.all():
-            raise P.ProtocolError(P.ErrorCode.BAD_PARTITION, "partition offloads nothing")
+            raise W.ProtocolError(W.ErrorCode.BAD_PARTITION, "partition offloads nothing")
         with self._build_lock:  # one build at a time; a concurrent twin waits, then hits
             with self._lock:
                 tail = self._tails.get(key)
@@ -232,8 +236,8 @@ class Server:
         if set(tensors) != set(tail.expected):
             missing = sorted(set(tail.expected) - set(tensors))[:5]
             extra = sorted(set(tensors) - set(tail.expected))[:5]
-            raise P.ProtocolError(
-                P.ErrorCode.BAD_TENSOR,
+            raise W.ProtocolError(
+                W.ErrorCode.BAD_TENSOR,
                 f"boundary tensors do not match the partition (missing {missing}, extra {extra})",
             )
         for name, (dtype, shape) in tail.expected.items():
@@ -242,8 +246,8 @@ class Server:
             if (dtype is not None and got != dtype) or (
                 shape is not None and tuple(t.shape) != tuple(shape)
             ):
-                raise P.ProtocolError(
-                    P.ErrorCode.BAD_TENSOR,
+                raise W.ProtocolError(
+                    W.ErrorCode.BAD_TENSOR,
                     f"tensor {name!r}: got {got}{list(t.shape)}, "
                     f"expected {dtype}{list(shape or ())}",
                 )
@@ -251,12 +255,12 @@ class Server:
             with torch.inference_mode():
                 out = tail.module(tensors)
         except Exception as e:  # the tail is the model's code: report, keep serving
-            raise P.ProtocolError(
-                P.ErrorCode.INTERNAL, f"tail failed: {type(e).__name__}: {e}"
+            raise W.ProtocolError(
+                W.ErrorCode.INTERNAL, f"tail failed: {type(e).__name__}: {e}"
             ) from None
         leaves, _ = _pytree.tree_flatten(out)
         if not all(isinstance(x, torch.Tensor) for x in leaves):
-            raise P.ProtocolError(P.ErrorCode.INTERNAL, "model output holds non-tensor values")
+            raise W.ProtocolError(W.ErrorCode.INTERNAL, "model output holds non-tensor values")
         return leaves
 
     # -- connections ---------------------------------------------------------------
@@ -295,27 +299,27 @@ class Server:
                 self._conns[conn] = t
                 self.stats["connections"] += 1
         if busy:
-            self._send_error(conn, P.ErrorCode.BUSY, "too many clients")
+            self._send_error(conn, W.ErrorCode.BUSY, "too many clients")
             with contextlib.suppress(OSError):
                 conn.close()
             return
         t.start()
 
-    def _send_error(self, conn: socket.socket, code: P.ErrorCode, message: str) -> None:
+    def _send_error(self, conn: socket.socket, code: W.ErrorCode, message: str) -> None:
         with self._lock:
             self.stats["errors"] += 1
         with contextlib.suppress(OSError):
-            P.send_frame(conn, P.MsgType.ERROR, [P.encode_error(code, message)])
+            W.send_frame(conn, W.MsgType.ERROR, [M.encode_error(code, message)])
 
     def _serve_conn(self, conn: socket.socket) -> None:
         try:
             self._session(conn)
         except (OSError, EOFError):
             pass  # peer gone, timed out or closed by close(): nothing to answer
-        except P.ProtocolError as e:
+        except W.ProtocolError as e:
             self._send_error(conn, e.code, str(e))
         except Exception as e:  # never let one client take the server down
-            self._send_error(conn, P.ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
+            self._send_error(conn, W.ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
         finally:
             with contextlib.suppress(OSError):
                 conn.close()
@@ -324,41 +328,41 @@ class Server:
 
     def _session(self, conn: socket.socket) -> None:
         limits = self.limits
-        kind, payload = P.recv_frame(conn, limits)
-        if kind != P.MsgType.HELLO:
-            raise P.ProtocolError(P.ErrorCode.NOT_READY, f"expected HELLO, got {kind.name}")
-        fp, _ = P.decode_hello(payload, limits)
+        kind, payload = W.recv_frame(conn, limits)
+        if kind != W.MsgType.HELLO:
+            raise W.ProtocolError(W.ErrorCode.NOT_READY, f"expected HELLO, got {kind.name}")
+        fp, _ = M.decode_hello(payload, limits)
         if fp != self.fingerprint:
-            raise P.ProtocolError(
-                P.ErrorCode.FINGERPRINT,
+            raise W.ProtocolError(
+                W.ErrorCode.FINGERPRINT,
                 f"model fingerprint {fp[:16]}... is not the server's {self.fingerprint[:16]}...",
             )
-        P.send_frame(
+        W.send_frame(
             conn,
-            P.MsgType.HELLO_OK,
-            [P.encode_hello(self.fingerprint, limits.max_frame_bytes)],
+            W.MsgType.HELLO_OK,
+            [M.encode_hello(self.fingerprint, limits.max_frame_bytes)],
         )
         while not self._stop.is_set():
-            kind, payload = P.recv_frame(conn, limits)
-            if kind == P.MsgType.PROBE:
-                P.send_frame(conn, P.MsgType.PROBE_OK, [P.encode_probe_ok(len(payload))])
-            elif kind == P.MsgType.INFER:
-                request_id, on, tensors = P.decode_request(payload, limits)
+            kind, payload = W.recv_frame(conn, limits)
+            if kind == W.MsgType.PROBE:
+                W.send_frame(conn, W.MsgType.PROBE_OK, [M.encode_probe_ok(len(payload))])
+            elif kind == W.MsgType.INFER:
+                request_id, on, tensors = M.decode_request(payload, limits)
                 del payload
                 t0 = time.perf_counter()
                 try:
                     outputs = self.run_tail(on, tensors)
-                except P.ProtocolError as e:
+                except W.ProtocolError as e:
                     if e.fatal:
                         raise
                     self._send_error(conn, e.code, str(e))  # the stream is intact: go on
                     continue
                 server_s = time.perf_counter() - t0
-                parts, _ = P.encode_result(request_id, server_s, outputs)
+                parts, _ = M.encode_result(request_id, server_s, outputs)
                 with self._lock:
                     self.stats["requests"] += 1
-                P.send_frame(conn, P.MsgType.RESULT, parts)
+                W.send_frame(conn, W.MsgType.RESULT, parts)
             else:
-                raise P.ProtocolError(
-                    P.ErrorCode.UNKNOWN_TYPE, f"unexpected {kind.name} frame from a client"
+                raise W.ProtocolError(
+                    W.ErrorCode.UNKNOWN_TYPE, f"unexpected {kind.name} frame from a client"
                 )

@@ -13,11 +13,8 @@ Build it from arrays (`Planner`) or from a traced model and two profiles
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import struct
 import time
 from bisect import bisect_right
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -26,21 +23,19 @@ import numpy as np
 import numpy.typing as npt
 
 from cic_fast import _core
-from cic_fast.graph import Graph, _as_real
-from cic_fast.partition import Partition
+from cic_fast.core import cost, planfile
+from cic_fast.core.checks import as_real, check_factor, check_rtt
+from cic_fast.core.cost import Partition
+from cic_fast.core.graph import Graph, core_graph
 
 if TYPE_CHECKING:
-    from cic_fast.profile import Profile
-    from cic_fast.trace import LayerGraph
+    # Duck-typed: the front end's LayerGraph and Profile (core never imports it).
+    from cic_fast.frontend.profiling import Profile
+    from cic_fast.frontend.tracing import LayerGraph
 
 __all__ = ["PlanSegment", "Planner"]
 
-_MAGIC = b"CICPLAN\x00"
-_VERSION = 1
-# magic, version (u32), payload length (u64), sha256 of the payload.
-_HEADER = struct.Struct("<8sIQ32s")
-_make = Partition._make
-# Partition's slots in the order of Partition._make's arguments.
+# Partition's slots in the order the C decider fills them.
 _FIELDS = (
     "on_device",
     "latency_s",
@@ -72,27 +67,15 @@ class PlanSegment(NamedTuple):
     bytes_sent: int
 
     def latency_s(self, bandwidth_bps: float) -> float:
-        """Latency of this partition at a bandwidth (bits/s)."""
-        return self.device_s + 8.0 * self.bytes_sent / bandwidth_bps + self.server_s + self.rtt_s
+        """Latency of this partition at a bandwidth (bits/s), by the cost model."""
+        return float(
+            cost.latency_s(self.device_s, self.server_s, self.bytes_sent, bandwidth_bps, self.rtt_s)
+        )
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
     a.setflags(write=False)
     return a
-
-
-def _check_rtt(rtt_s: Any) -> float:
-    rtt = _as_real(rtt_s, "rtt_s")
-    if not (math.isfinite(rtt) and rtt >= 0.0):
-        raise ValueError(f"rtt_s must be finite and >= 0, got {rtt}")
-    return rtt
-
-
-def _check_factor(value: Any, name: str) -> float:
-    f = _as_real(value, name)
-    if not (math.isfinite(f) and f > 0.0):
-        raise ValueError(f"{name} must be finite and > 0, got {f}")
-    return f
 
 
 class Planner:
@@ -146,7 +129,7 @@ class Planner:
     ) -> None:
         start = time.perf_counter()
         graph = Graph(edges, device_s, server_s, out_bytes)
-        rtt = _check_rtt(rtt_s)
+        rtt = check_rtt(rtt_s)
         names_t = None if names is None else tuple(str(x) for x in names)
         if names_t is not None and len(names_t) != graph.n_nodes:
             raise ValueError(f"names has {len(names_t)} entries for {graph.n_nodes} layers")
@@ -156,7 +139,7 @@ class Planner:
         }
         t0 = time.perf_counter()
         if compress:
-            plan, c_stats = _core.Plan.compressed(graph._core, rtt)
+            plan, c_stats = _core.Plan.compressed(core_graph(graph), rtt)
             stats.update(
                 compressed_nodes=int(c_stats["compressed_nodes"]),
                 compressed_edges=int(c_stats["compressed_edges"]),
@@ -164,7 +147,7 @@ class Planner:
                 passes={k: int(v) for k, v in c_stats.items()},
             )
         else:
-            plan = _core.Plan(graph._core, rtt)
+            plan = _core.Plan(core_graph(graph), rtt)
             stats.update(
                 compressed_nodes=graph.n_nodes,
                 compressed_edges=graph.n_edges,
@@ -190,7 +173,8 @@ class Planner:
             on = _readonly(on)
             sent = _readonly(sent)
             nbytes_int = int(nbytes)
-            segs.append((on, sent, float(dev), float(srv), float(rtt), nbytes_int, 8.0 * nbytes))
+            offloads = not bool(on.all())
+            segs.append((on, sent, float(dev), float(srv), float(rtt), nbytes_int, offloads))
             segments.append(
                 PlanSegment(bounds[k], bounds[k + 1], on, sent, dev, srv, rtt, nbytes_int)
             )
@@ -200,7 +184,7 @@ class Planner:
         # The same decision in C (one call, no Python frame): ~5x faster.
         try:
             self.decide = plan.decider(  # type: ignore[method-assign]
-                Partition, _FIELDS, _as_real, [s[:6] for s in segs]
+                Partition, _FIELDS, as_real, [s[:6] for s in segs]
             )
         except ValueError:  # pragma: no cover - a Partition without plain slots
             pass
@@ -231,12 +215,11 @@ class Planner:
         """
         bw = bandwidth_bps
         if type(bw) is not float:
-            bw = _as_real(bw, "bandwidth_bps")
+            bw = as_real(bw, "bandwidth_bps")
         if not bw > 0.0:  # also NaN
             raise ValueError(f"bandwidth_bps must be > 0, got {bw}")
-        on, sent, dev, srv, rtt, nbytes, bits = self._segs[bisect_right(self._bps, bw)]
-        transfer = bits / bw
-        return _make(on, dev + transfer + srv + rtt, dev, transfer, srv, rtt, nbytes, sent, bw)
+        on, sent, dev, srv, rtt, nbytes, offloads = self._segs[bisect_right(self._bps, bw)]
+        return cost.make_partition(on, sent, dev, srv, nbytes, bw, rtt, offloads)
 
     # -- the plan --------------------------------------------------------------------
 
@@ -306,8 +289,8 @@ class Planner:
         For a busier or faster platform (e.g. a loaded server: ``server=3.0``),
         without re-tracing or re-profiling. Factors must be finite and > 0.
         """
-        fd = _check_factor(device, "device")
-        fs = _check_factor(server, "server")
+        fd = check_factor(device, "device")
+        fs = check_factor(server, "server")
         g = self._graph
         return Planner(
             g.edges,
@@ -362,29 +345,19 @@ class Planner:
     def to_bytes(self) -> bytes:
         """The content of the file `save` writes (also what pickling uses)."""
         g = self._graph
-        n = g.n_nodes
-        parts = np.stack(self.partitions) if self._segs else np.zeros((0, n), np.bool_)
-        arrays = [
-            np.ascontiguousarray(g.edges, dtype="<i8"),
-            np.ascontiguousarray(g.device_s, dtype="<f8"),
-            np.ascontiguousarray(g.server_s, dtype="<f8"),
-            np.ascontiguousarray(g.out_bytes, dtype="<f8"),
-            np.packbits(parts, axis=1),
-            np.asarray(self._bps, dtype="<f8"),
-        ]
-        meta = {
-            "n": n,
-            "E": int(g.n_edges),
-            "K": len(self._segs),
-            "rtt_s": self._rtt,
-            "names": None if self._names is None else list(self._names),
-            "stats": {k: v for k, v in self._stats.items() if k != "passes"},
-            "sizes": [int(a.nbytes) for a in arrays],
-        }
-        head = json.dumps(meta).encode()
-        payload = struct.pack("<Q", len(head)) + head + b"".join(a.tobytes() for a in arrays)
-        digest = hashlib.sha256(payload).digest()
-        return _HEADER.pack(_MAGIC, _VERSION, len(payload), digest) + payload
+        return planfile.encode(
+            planfile.PlanFile(
+                edges=g.edges,
+                device_s=g.device_s,
+                server_s=g.server_s,
+                out_bytes=g.out_bytes,
+                rtt_s=self._rtt,
+                names=self._names,
+                partitions=np.stack(self.partitions),
+                breakpoints_bps=np.asarray(self._bps, dtype=np.float64),
+                stats={k: v for k, v in self._stats.items() if k != "passes"},
+            )
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Planner:
@@ -405,50 +378,17 @@ class Planner:
     def from_bytes(cls, data: bytes, *, name: str = "data") -> Planner:
         """Inverse of `to_bytes`; raises ValueError exactly as `load` does."""
         start = time.perf_counter()
-        if len(data) < _HEADER.size or data[:8] != _MAGIC:
-            raise ValueError(f"{name} is not a cic_fast plan file (bad magic)")
-        _, version, length, digest = _HEADER.unpack_from(data)
-        if version != _VERSION:
-            raise ValueError(f"plan file version {version} is not supported (expected {_VERSION})")
-        payload = data[_HEADER.size :]
-        if len(payload) != length:
-            raise ValueError(
-                f"plan file is truncated or has trailing data: {len(payload)} payload bytes, "
-                f"header says {length}"
-            )
-        if hashlib.sha256(payload).digest() != digest:
-            raise ValueError("plan file is corrupt (checksum mismatch)")
-        try:
-            (hlen,) = struct.unpack_from("<Q", payload)
-            meta = json.loads(payload[8 : 8 + hlen])
-            n, e, k = int(meta["n"]), int(meta["E"]), int(meta["K"])
-            sizes = [int(s) for s in meta["sizes"]]
-            expect = [16 * e, 8 * n, 8 * n, 8 * n, k * ((n + 7) // 8), 8 * max(k - 1, 0)]
-            if sizes != expect or 8 + hlen + sum(sizes) != len(payload):
-                raise ValueError("array sizes disagree with the header")
-            offs = np.cumsum([8 + hlen, *sizes])
-            buf = memoryview(payload)
-
-            def arr(i: int, dtype: str) -> np.ndarray:
-                return np.frombuffer(buf[offs[i] : offs[i + 1]], dtype=dtype).copy()
-
-            edges = arr(0, "<i8").reshape(e, 2)
-            dev, srv, nbytes = arr(1, "<f8"), arr(2, "<f8"), arr(3, "<f8")
-            parts = np.unpackbits(arr(4, "u1").reshape(k, -1), axis=1, count=n).astype(np.bool_)
-            bps = arr(5, "<f8")
-            rtt = float(meta["rtt_s"])
-        except (KeyError, TypeError, ValueError, struct.error) as exc:
-            raise ValueError(f"plan file is malformed: {exc}") from None
+        f = planfile.decode(data, name=name)
         self = cls.__new__(cls)
-        self._graph = Graph(edges, dev, srv, nbytes)
-        self._rtt = _check_rtt(rtt)
-        names = meta.get("names")
-        self._names = None if names is None else tuple(str(x) for x in names)
-        plan = _core.Plan.from_partitions(self._graph._core, self._rtt, parts)
+        self._graph = Graph(f.edges, f.device_s, f.server_s, f.out_bytes)
+        self._rtt = check_rtt(f.rtt_s)
+        self._names = f.names
+        k = f.partitions.shape[0]
+        plan = _core.Plan.from_partitions(core_graph(self._graph), self._rtt, f.partitions)
         self._adopt(plan)
-        if len(self._segs) != k or not np.array_equal(np.asarray(self._bps), bps):
+        if len(self._segs) != k or not np.array_equal(np.asarray(self._bps), f.breakpoints_bps):
             raise ValueError("plan file is inconsistent: its partitions give other breakpoints")
-        stats = dict(meta.get("stats") or {})
+        stats = dict(f.stats)
         stats["load_s"] = time.perf_counter() - start
         self._stats = stats
         return self

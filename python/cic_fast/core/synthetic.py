@@ -11,7 +11,7 @@ Only numpy is needed, so the generator can be used without the compiled core.
 
 Examples
 --------
->>> from cic_fast.synthetic import dnn_graph
+>>> from cic_fast.core.synthetic import dnn_graph
 >>> g = dnn_graph(300, kind="resnet", seed=1)
 >>> g.edges.shape[1], len(g.device_s)
 (2, 300)

@@ -1,6 +1,6 @@
 """``cic-fast serve``: run a collaborative-inference server for one model.
 
-``cic_fast.cli`` calls :func:`add_serve_parser` on its subparsers; the handler returns
+`cic_fast.cli` calls :func:`add_serve_parser` on its subparsers; the handler returns
 the exit code.  The server prints ``listening on HOST:PORT`` (flushed) once it
 accepts connections and serves until SIGINT or SIGTERM.
 """
@@ -12,20 +12,20 @@ import signal
 import sys
 from typing import Any
 
+from cic_fast.cli.common import add_model_args, example_inputs, trace_model
+
 __all__ = ["add_serve_parser"]
 
 
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``serve MODEL [--weights FILE] [--input-shape S] [--host H] [--port P]``."""
-    from .cli_model import _add_model_args
-
     p = subparsers.add_parser(
         "serve",
         help="serve the tail of any split of a model to devices (see docs/protocol.md)",
         description="Load MODEL (and --weights), trace it at --input-shape and serve the "
         "tails of its partitions over TCP. Prints 'listening on HOST:PORT' when ready.",
     )
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
     p.add_argument("--max-clients", type=int, default=64, help="concurrent clients (default 64)")
@@ -44,16 +44,15 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
 def _run_serve(args: argparse.Namespace) -> int:
     import torch
 
-    from .cli_model import _example_inputs, _trace
-    from .models import load_model
-    from .protocol import Limits
-    from .server import Server
+    from cic_fast.frontend.models import load_model
+    from cic_fast.runtime.server import Server
+    from cic_fast.runtime.wire import Limits
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model, weights=args.weights)
-    inputs = _example_inputs(args)
-    graph = _trace(model, inputs)
+    inputs = example_inputs(args)
+    graph = trace_model(model, inputs)
     max_bytes = int(args.max_frame_mb * (1 << 20))
     if max_bytes < 1:
         raise ValueError("--max-frame-mb must be positive")

@@ -1,7 +1,7 @@
 """``cic-fast evaluate``: end-to-end comparison on an emulated device and link.
 
 ``cic_fast.cli`` calls :func:`add_evaluate_parser` on its subparsers; the handler
-returns the exit code.  See :mod:`cic_fast.evaluate` and docs/evaluation.md.
+returns the exit code.  See :mod:`cic_fast.evaluation` and docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, format_table, plot_latency
+    from cic_fast.evaluation.harness import evaluate
+    from cic_fast.evaluation.report import format_table, plot_latency
 
     try:
         rates = [float(r) * 1e6 for r in args.rates]

@@ -36,7 +36,18 @@ if TYPE_CHECKING:
     import torch
     from torch import fx
 
-__all__ = ["LayerGraph", "TraceError", "TracedProgram", "trace"]
+__all__ = [
+    "LayerGraph",
+    "TraceError",
+    "TracedProgram",
+    "as_args",
+    "fetch_attr",
+    "placeholder_value",
+    "run_node",
+    "target_name",
+    "tensor_bytes",
+    "trace",
+]
 
 LAYER_GRAPH_SCHEMA = "cic_fast.layer_graph"
 LAYER_GRAPH_VERSION = 1
@@ -266,7 +277,8 @@ def _clip(s: str, n: int) -> str:
     return s if len(s) <= n else s[: n - 1] + "~"
 
 
-def _as_args(example_inputs: Any) -> tuple[Any, ...]:
+def as_args(example_inputs: Any) -> tuple[Any, ...]:
+    """One forward call's positional arguments as a tuple (a lone tensor is wrapped)."""
     import torch
 
     if isinstance(example_inputs, torch.Tensor):
@@ -324,7 +336,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, method: str = "auto") 
         raise ValueError(f"method must be 'auto', 'fx' or 'export', not {method!r}")
     if not isinstance(model, torch.nn.Module):
         raise TypeError("model must be a torch.nn.Module")
-    args = _as_args(example_inputs)
+    args = as_args(example_inputs)
     failures: list[str] = []
     gm = None
     in_spec = out_spec = None

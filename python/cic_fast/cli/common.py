@@ -1,0 +1,146 @@
+"""What every ``cic-fast`` command shares: model and profile options, loaders, formats.
+
+torch is imported only when a loader runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from typing import Any
+
+__all__ = [
+    "add_model_args",
+    "add_profile_args",
+    "example_inputs",
+    "fmt_bps",
+    "fmt_bytes",
+    "load_profiles",
+    "parse_bandwidth",
+    "parse_shape",
+    "trace_model",
+]
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """MODEL, --input-shape, --weights, --seed."""
+    p.add_argument("model", help="torchvision:NAME or package.module:callable")
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        metavar="SHAPE",
+        help="input shape, e.g. 1,3,224,224; repeat for several inputs "
+        "(default: the model's canonical shape)",
+    )
+    p.add_argument("--weights", metavar="FILE", help="state dict to load (weights_only=True)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random example input")
+
+
+def add_profile_args(p: argparse.ArgumentParser, *, device_required: bool) -> None:
+    """--device / --server / --server-speedup, shared by the commands that plan."""
+    p.add_argument(
+        "--device", dest="device_profile", required=device_required, help="device profile JSON"
+    )
+    p.add_argument(
+        "--server",
+        dest="server_profile",
+        help="server profile JSON (default: the device profile / --server-speedup)",
+    )
+    p.add_argument(
+        "--server-speedup",
+        type=float,
+        default=10.0,
+        help="without --server: server is this many times faster (default 10)",
+    )
+
+
+def load_profiles(args: argparse.Namespace, graph: Any) -> tuple[Any, Any]:
+    """The device and server profiles named by `add_profile_args`, checked on ``graph``."""
+    from cic_fast.frontend.profiling import Profile
+
+    dev = Profile.load(args.device_profile, graph)
+    if args.server_profile:
+        return dev, Profile.load(args.server_profile, graph)
+    if not args.server_speedup > 0:
+        raise ValueError("--server-speedup must be positive")
+    return dev, dev.scaled(1.0 / args.server_speedup)
+
+
+def example_inputs(args: argparse.Namespace) -> tuple[Any, ...]:
+    """Random example inputs of the shapes ``--input-shape`` names (seeded by ``--seed``)."""
+    import torch
+
+    from cic_fast.frontend.models import default_input_shape
+
+    shapes = [parse_shape(s) for s in args.input_shape] if args.input_shape else None
+    if shapes is None:
+        shapes = [default_input_shape(args.model)]
+    gen = torch.Generator().manual_seed(args.seed)
+    return tuple(torch.randn(*s, generator=gen) for s in shapes)
+
+
+def trace_model(model: Any, inputs: tuple[Any, ...]) -> Any:
+    """`cic_fast.trace`, with a TraceError turned into the ValueError the CLI reports."""
+    from cic_fast.frontend.tracing import TraceError, trace
+
+    try:
+        return trace(model, inputs)
+    except TraceError as e:
+        # the CLI reports ValueErrors as clean one-line errors
+        raise ValueError(str(e)) from None
+
+
+def fmt_bps(b: float) -> str:
+    """A bandwidth for a table: ``12.5 Mbit/s``."""
+    if b == 0.0:
+        return "0"
+    if math.isinf(b):
+        return "inf"
+    for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
+        if b >= scale:
+            return f"{b / scale:.4g} {unit}"
+    return f"{b:.4g} bit/s"
+
+
+def fmt_bytes(n: float) -> str:
+    """A size for a table: ``1.2 MB``, ``512 KB``, ``40 B``."""
+    for unit, scale in (("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """Parse ``"1,3,224,224"`` (or ``1x3x224x224``) into a shape tuple."""
+    parts = [p for p in re.split(r"[,x\s]+", text.strip()) if p]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"bad input shape {text!r}: expected integers like 1,3,224,224") from None
+    if not shape or any(s <= 0 for s in shape):
+        raise ValueError(f"bad input shape {text!r}: dimensions must be positive")
+    return shape
+
+
+_UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+
+
+def parse_bandwidth(text: str) -> float:
+    """Parse a bandwidth into bits per second.
+
+    Accepts ``10Mbit``, ``10 Mbit/s``, ``10mbps``, ``1.5Gbit``, ``800kbit``, ``10M``
+    and a plain number of bits per second.  Bytes (``MB/s``) are converted with
+    the factor 8.
+    """
+    m = re.fullmatch(
+        r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGtT]?)(bit|bps|b|B)?(?:/s)?\s*", text
+    )
+    if not m:
+        raise ValueError(f"bad bandwidth {text!r}: expected e.g. 10Mbit, 1.5Gbit/s or 1e6")
+    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if m.group(3) == "B":
+        value *= 8
+    if not value > 0:
+        raise ValueError(f"bad bandwidth {text!r}: must be positive")
+    return value

@@ -1,0 +1,306 @@
+"""The cost model (DESIGN.md, "The cost model"): the one Python place that prices a partition.
+
+A partition puts every layer on the device (D) or the server (S). It is *valid*
+when every source (a node with no in-edge: a model input) is in D and no edge
+goes from S to D. Its *sent set* is the nodes of D with at least one successor
+in S; each sent output crosses the link once. Its latency is
+
+    device_s(D) + 8 * bytes_sent / bandwidth_bps + server_s(S) + (rtt_s if S else 0)
+
+The C++ core prices in exactly this way (``cpp/include/cic/cost.hpp``) for every
+partition it returns; this module is the same rule for the partitions Python code
+prices itself (plan pieces, baselines, tables) and the validity / sent-set checks
+of the model front end and the runtime, which hold only the layer DAG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "Partition",
+    "check_partition",
+    "counted_rtt",
+    "latency_s",
+    "make_partition",
+    "partition_from_core",
+    "price",
+    "sent_set",
+    "sources",
+    "transfer_s",
+]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Partition:
+    """A device/server partition of a layer graph, priced at one bandwidth.
+
+    Attributes
+    ----------
+    on_device : numpy.ndarray
+        Boolean array of length n: True where the layer runs on the device.
+    latency_s : float
+        Predicted end-to-end latency, ``device_s + transfer_s + server_s + rtt_s``,
+        recomputed from the partition with the cost model (never read off a flow).
+    device_s : float
+        Sum of the device times of the layers on the device.
+    transfer_s : float
+        ``8 * bytes_sent / bandwidth_bps``.
+    server_s : float
+        Sum of the server times of the layers on the server.
+    rtt_s : float
+        The round-trip time if anything is offloaded, else 0.
+    bytes_sent : int
+        Bytes transmitted: the outputs of ``sent``, each counted once.
+    sent : numpy.ndarray
+        Ascending int64 indices of the layers on the device with at least one
+        successor on the server.
+    bandwidth_bps : float
+        The bandwidth, in bits per second, the partition was priced at.
+    """
+
+    on_device: npt.NDArray[np.bool_]
+    latency_s: float
+    device_s: float
+    transfer_s: float
+    server_s: float
+    rtt_s: float
+    bytes_sent: int
+    sent: npt.NDArray[np.int64]
+    bandwidth_bps: float
+
+    @property
+    def offloads(self) -> bool:
+        """True if at least one layer runs on the server."""
+        return not bool(self.on_device.all())
+
+    @property
+    def n_on_device(self) -> int:
+        """Number of layers that run on the device."""
+        return int(np.count_nonzero(self.on_device))
+
+    def __repr__(self) -> str:
+        n = self.on_device.shape[0]
+        return (
+            f"Partition(on_device={self.n_on_device}/{n}, latency_s={self.latency_s:.6g}, "
+            f"device_s={self.device_s:.6g}, transfer_s={self.transfer_s:.6g}, "
+            f"server_s={self.server_s:.6g}, rtt_s={self.rtt_s:.6g}, "
+            f"bytes_sent={self.bytes_sent}, sent={self.sent.tolist()}, "
+            f"bandwidth_bps={self.bandwidth_bps:.6g})"
+        )
+
+
+# The frozen dataclass __init__ routes every field through object.__setattr__;
+# writing the slots directly is several times faster, which matters on the
+# microsecond decision path.
+_SETTERS = tuple(
+    Partition.__dict__[f].__set__
+    for f in (
+        "on_device",
+        "latency_s",
+        "device_s",
+        "transfer_s",
+        "server_s",
+        "rtt_s",
+        "bytes_sent",
+        "sent",
+        "bandwidth_bps",
+    )
+)
+
+
+def _new(*values: Any) -> Partition:
+    p = Partition.__new__(Partition)
+    for setter, value in zip(_SETTERS, values, strict=True):
+        setter(p, value)
+    return p
+
+
+# -- the formula ---------------------------------------------------------------------
+
+
+def transfer_s(bytes_sent: Any, bandwidth_bps: Any) -> Any:
+    """Seconds to send ``bytes_sent`` bytes at ``bandwidth_bps`` (scalars or arrays).
+
+    ``8 * b / bw``, in that order: for ``b = 0`` at a denormal bandwidth,
+    ``b * (8 / bw)`` would be ``0 * inf = nan``.
+    """
+    return 8.0 * bytes_sent / bandwidth_bps
+
+
+def counted_rtt(rtt_s: Any, offloads: Any) -> Any:
+    """The round trip a partition pays: ``rtt_s`` if it offloads, else 0 (arrays too)."""
+    if isinstance(offloads, (bool, np.bool_)):
+        return rtt_s + 0.0 if offloads else 0.0  # + 0.0 turns -0.0 into 0.0
+    return np.where(offloads, rtt_s + 0.0, 0.0)
+
+
+def latency_s(
+    device_s: Any,
+    server_s: Any,
+    bytes_sent: Any,
+    bandwidth_bps: Any,
+    rtt_s: Any = 0.0,
+    offloads: Any = True,
+) -> Any:
+    """The latency of a partition from its parts (scalars, or arrays elementwise).
+
+    ``device_s + transfer_s(bytes_sent, bandwidth_bps) + server_s + counted_rtt``,
+    summed in that order (the core's order, so results agree to the bit).
+    """
+    return (
+        device_s + transfer_s(bytes_sent, bandwidth_bps) + server_s + counted_rtt(rtt_s, offloads)
+    )
+
+
+def make_partition(
+    on_device: npt.NDArray[np.bool_],
+    sent: npt.NDArray[np.int64],
+    device_s: float,
+    server_s: float,
+    bytes_sent: float,
+    bandwidth_bps: float,
+    rtt_s: float,
+    offloads: bool,
+) -> Partition:
+    """A Partition from its sums, priced with the formula at ``bandwidth_bps``.
+
+    The arrays are kept as given (no copy): pass arrays nobody else writes.
+    """
+    t = transfer_s(bytes_sent, bandwidth_bps)
+    rtt = counted_rtt(rtt_s, offloads)
+    return _new(
+        on_device,
+        device_s + t + server_s + rtt,
+        device_s,
+        t,
+        server_s,
+        rtt,
+        int(bytes_sent),
+        sent,
+        bandwidth_bps,
+    )
+
+
+def partition_from_core(packed: tuple[Any, ...], bandwidth_bps: float) -> Partition:
+    """The Partition of a ``cic_fast._core`` result tuple, priced there by the C++ model.
+
+    ``packed`` is ``(on_device, sent, latency_s, device_s, transfer_s, server_s, rtt_s,
+    bytes_sent)`` as returned by ``_core.Graph.min_cut`` and ``evaluate``.
+    """
+    on_device, sent, latency, device, transfer, server, rtt, nbytes = packed
+    return _new(on_device, latency, device, transfer, server, rtt, int(nbytes), sent, bandwidth_bps)
+
+
+# -- validity and the sent set -------------------------------------------------------
+
+
+def sources(edges: npt.NDArray[np.int64], n_nodes: int) -> npt.NDArray[np.int64]:
+    """Ascending indices of the nodes with no in-edge (the model inputs)."""
+    has_pred = np.zeros(n_nodes, dtype=bool)
+    if edges.size:
+        has_pred[edges[:, 1]] = True
+    return np.flatnonzero(~has_pred).astype(np.int64)
+
+
+def _name(names: Sequence[str] | None, v: int) -> str:
+    return f"node {v}" if names is None else f"node {v} ({names[v]})"
+
+
+def check_partition(
+    edges: npt.NDArray[np.int64],
+    n_nodes: int,
+    on_device: Any,
+    *,
+    names: Sequence[str] | None = None,
+) -> npt.NDArray[np.bool_]:
+    """Check that ``on_device`` is a valid partition and return it as a fresh bool array.
+
+    Parameters
+    ----------
+    edges : numpy.ndarray
+        (E, 2) int64 (u, v) pairs.
+    n_nodes : int
+        Number of nodes.
+    on_device : array_like of bool
+        True where the node runs on the device (0/1 integers are accepted).
+    names : sequence of str, optional
+        Node names, used in messages.
+
+    Raises
+    ------
+    ValueError
+        Wrong length, non-boolean values, a source (model input) on the server, or
+        an edge from the server to the device (not closed under predecessors).
+    """
+    on = np.asarray(on_device)
+    if on.ndim != 1 or len(on) != n_nodes:
+        raise ValueError(f"on_device must have length {n_nodes} (one entry per node)")
+    if on.dtype != np.bool_:
+        if not np.isin(on, (0, 1)).all():
+            raise ValueError("on_device must be boolean")
+    on = on.astype(np.bool_, copy=True)
+    src = sources(edges, n_nodes)
+    off = src[~on[src]]
+    if off.size:
+        raise ValueError(
+            f"{_name(names, int(off[0]))} is a model input but on the server "
+            "(every model input must be on the device)"
+        )
+    if edges.size:
+        back = ~on[edges[:, 0]] & on[edges[:, 1]]
+        if back.any():
+            u, v = (int(x) for x in edges[back][0])
+            raise ValueError(
+                f"partition is not closed under predecessors: {_name(names, u)} (server) "
+                f"feeds {_name(names, v)} (device)"
+            )
+    return on
+
+
+def sent_set(
+    edges: npt.NDArray[np.int64], on_device: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.int64]:
+    """Ascending indices of the device nodes with at least one successor on the server."""
+    if edges.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    cross = on_device[edges[:, 0]] & ~on_device[edges[:, 1]]
+    return np.unique(edges[cross, 0]).astype(np.int64)
+
+
+def price(
+    edges: npt.NDArray[np.int64],
+    device_s: npt.NDArray[np.float64],
+    server_s: npt.NDArray[np.float64],
+    out_bytes: npt.NDArray[np.float64],
+    on_device: Any,
+    bandwidth_bps: float,
+    rtt_s: float = 0.0,
+) -> Partition:
+    """Check a partition and price it with the cost model (numpy; no core needed).
+
+    `cic_fast.Graph.evaluate` gives the same partition, priced by the C++ core
+    (sums may differ in the last bit: numpy adds pairwise).
+
+    Raises
+    ------
+    ValueError
+        See `check_partition`.
+    """
+    on = check_partition(edges, len(device_s), on_device)
+    sent = sent_set(edges, on)
+    return make_partition(
+        on,
+        sent,
+        float(np.sum(device_s[on])),
+        float(np.sum(server_s[~on])),
+        float(np.sum(out_bytes[sent])),
+        bandwidth_bps,
+        rtt_s,
+        not bool(on.all()),
+    )

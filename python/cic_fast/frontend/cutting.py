@@ -1,0 +1,180 @@
+"""Cut a traced model into a runnable head (device) and tail (server).
+
+Given a valid partition of the :class:`~cic_fast.frontend.tracing.LayerGraph` nodes
+(see `cic_fast.core.cost.check_partition`), the head runs every device node in
+program order and returns a dict ``name -> value`` of exactly the boundary: the
+device nodes with a successor on the server (`cic_fast.core.cost.sent_set`, which
+is ``Partition.sent``). The tail takes that dict, runs every server node in
+program order and returns the model's outputs in the model's own structure.
+Parameters, buffers and input-independent constants are not data: each part reads
+or recomputes the ones it needs, so they never appear in the dict.
+
+When nothing is offloaded the head's dict holds the model's outputs (the nodes that
+feed the ``output`` node) and the tail only restructures them; nothing is sent then
+(``bytes_sent == 0``).
+
+Built like torch.fx's ``split_module``: new fx Graphs whose nodes are copies of the
+traced program's nodes, wrapped in GraphModules that share the model's parameters.
+
+torch is imported lazily.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cic_fast.core import cost
+from cic_fast.frontend.tracing import LayerGraph
+
+if TYPE_CHECKING:
+    from torch import fx
+
+__all__ = ["BoundaryTensor", "build_parts", "describe_boundary"]
+
+
+@dataclass(frozen=True)
+class BoundaryTensor:
+    """One value the head sends to the tail.
+
+    Attributes
+    ----------
+    name : str
+        Node name, the key in the head's dict.
+    index : int
+        Node index in the layer graph.
+    shape : tuple of int or None
+        Tensor shape (None for a non-tensor or a tuple of tensors).
+    dtype : str or None
+        Tensor dtype (None for a non-tensor or a tuple).
+    bytes : int
+        Bytes of its tensors (the node's ``out_bytes``).
+    """
+
+    name: str
+    index: int
+    shape: tuple[int, ...] | None
+    dtype: str | None
+    bytes: int
+
+
+def build_parts(graph: LayerGraph, on_device: Any) -> tuple[Any, Any, np.ndarray]:
+    """Build head and tail modules for a device mask (no pricing, no core needed).
+
+    Parameters
+    ----------
+    graph : LayerGraph
+        A traced graph (with ``program``).
+    on_device : array-like of bool
+        A partition; checked with `cic_fast.core.cost.check_partition`.
+
+    Returns
+    -------
+    head, tail : torch.nn.Module
+    boundary : numpy.ndarray
+        Indices whose values the head returns: the sent nodes, or the output's
+        predecessors when nothing is offloaded.
+    """
+    from torch import fx
+
+    if graph.program is None:
+        raise ValueError("graph has no program (loaded from JSON?): trace the model")
+    on = cost.check_partition(graph.edges, graph.n_nodes, on_device, names=graph.names)
+    prog = graph.program
+    gm = prog.module
+    nodes: list[fx.Node] = list(gm.graph.nodes)
+    index = {n: i for i, n in enumerate(prog.fx_nodes)}
+    out_node = prog.fx_nodes[-1]
+    offloads = not on.all()
+    if offloads:
+        boundary = cost.sent_set(graph.edges, on)
+    else:
+        boundary = np.array(sorted(set(graph.predecessors()[graph.output])), dtype=np.int64)
+    sent_nodes = [prog.fx_nodes[i] for i in boundary.tolist()]
+
+    def with_support(members: set[fx.Node]) -> set[fx.Node]:
+        """Add the constants and attributes the members read (they are not nodes)."""
+        need = set(members)
+        for n in reversed(nodes):
+            if n in need:
+                for p in n.all_input_nodes:
+                    if p not in index:
+                        need.add(p)
+        return need
+
+    # head: placeholders + device nodes
+    dev_nodes = {prog.fx_nodes[i] for i in range(graph.n_nodes - 1) if on[i]}
+    hg = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    need = with_support(dev_nodes | {n for n in nodes if n.op == "placeholder"})
+    for n in nodes:
+        if n in need and n.op != "output":
+            env[n] = hg.node_copy(n, lambda a: env[a])
+    hg.output({n.name: env[n] for n in sent_nodes})
+    head_gm = fx.GraphModule(gm, hg, class_name="Head")
+
+    # tail: boundary dict + server nodes
+    tg = fx.Graph()
+    tenv: dict[fx.Node, fx.Node] = {}
+    box = tg.placeholder("boundary")
+    for n in sent_nodes:
+        tenv[n] = tg.call_function(operator.getitem, (box, n.name))
+    srv_nodes = {prog.fx_nodes[i] for i in range(graph.n_nodes - 1) if not on[i]}
+    need = with_support(srv_nodes | {out_node})
+    for n in nodes:
+        if n in need and n not in tenv and n.op != "output":
+            tenv[n] = tg.node_copy(n, lambda a: tenv[a])
+    tg.output(fx.node.map_arg(out_node.args[0], lambda a: tenv[a]))
+    tail_gm = fx.GraphModule(gm, tg, class_name="Tail")
+
+    head_cls, tail_cls = _part_classes()
+    return head_cls(head_gm, prog), tail_cls(tail_gm, prog), boundary
+
+
+@functools.cache
+def _part_classes() -> tuple[type, type]:
+    """The Head and Tail module classes (built on first use: torch is lazy)."""
+    import torch
+
+    class Head(torch.nn.Module):
+        """Device part: model inputs -> dict of boundary values."""
+
+        def __init__(self, gm: Any, prog: Any) -> None:
+            super().__init__()
+            self.gm = gm
+            self._prog = prog
+
+        def forward(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            return self.gm(*self._prog.flatten_inputs(args, kwargs))
+
+    class Tail(torch.nn.Module):
+        """Server part: dict of boundary values -> model outputs."""
+
+        def __init__(self, gm: Any, prog: Any) -> None:
+            super().__init__()
+            self.gm = gm
+            self._prog = prog
+
+        def forward(self, boundary: Mapping[str, Any]) -> Any:
+            return self._prog.restructure_outputs(self.gm(boundary))
+
+    return Head, Tail
+
+
+def describe_boundary(graph: LayerGraph, indices: np.ndarray) -> tuple[BoundaryTensor, ...]:
+    """Name, shape, dtype and bytes of each boundary node (from the traced sizes)."""
+    out = []
+    for i in np.asarray(indices).tolist():
+        desc = graph.shapes[i]
+        shape: tuple[int, ...] | None = None
+        dtype: str | None = None
+        if desc.endswith("]") and not desc.startswith("("):
+            dtype, dims = desc[:-1].split("[", 1)
+            shape = tuple(int(d) for d in dims.split(",") if d)
+        out.append(BoundaryTensor(graph.names[i], i, shape, dtype, int(graph.out_bytes[i])))
+    return tuple(out)

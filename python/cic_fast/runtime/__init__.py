@@ -1,0 +1,17 @@
+"""The runtime: run a split for real, the head on the device and the tail on a server.
+
+- `wire`: frames and the tensor codec (no pickle; sizes checked before allocating);
+- `messages`: the payload of each frame type;
+- `fingerprint`: the model identity both sides compare;
+- `estimator`: the client's bandwidth estimate from its own transfers;
+- `server`: `Server`, the tails of any partition over TCP;
+- `client`: `Client`, per-request decisions through the Planner, local fallback.
+
+See docs/protocol.md.
+"""
+
+from cic_fast.runtime.client import Client, RequestRecord
+from cic_fast.runtime.estimator import BandwidthEstimator
+from cic_fast.runtime.server import Server
+
+__all__ = ["BandwidthEstimator", "Client", "RequestRecord", "Server"]

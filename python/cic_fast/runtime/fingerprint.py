@@ -1,0 +1,33 @@
+"""Model identity: the fingerprint a client and a server compare in the handshake."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from cic_fast.frontend.tracing import LayerGraph
+
+__all__ = ["model_fingerprint"]
+
+
+def model_fingerprint(model: torch.nn.Module, graph: LayerGraph) -> str:
+    """Hex SHA-256 of the architecture (traced graph, output shapes) and the weights.
+
+    Two processes agree on it exactly when they traced the same architecture at the
+    same input shapes and hold bit-identical parameters and buffers.
+    """
+    h = hashlib.sha256(b"cic_fast.model/1\x00")
+    h.update(graph.fingerprint.encode())
+    h.update("\x1f".join(graph.shapes).encode())
+    h.update(b"\x1e")
+    for name, t in sorted(model.state_dict().items()):
+        c = t.detach().to("cpu").contiguous()
+        h.update(f"{name}\x1f{c.dtype}\x1f{tuple(c.shape)}\x1e".encode())
+        if c.numel():
+            import torch
+
+            h.update(c.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
