@@ -69,7 +69,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     ).start()
 
     def _stop(signum: int, frame: Any) -> None:
-        server._stop.set()
+        server.stop()
 
     signal.signal(signal.SIGTERM, _stop)
     host, port = server.address

@@ -17,7 +17,8 @@ import math
 import os
 import time
 from bisect import bisect_right
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -28,12 +29,30 @@ from cic_fast.core.checks import as_real, check_factor, check_rtt
 from cic_fast.core.cost import Partition
 from cic_fast.core.graph import Graph, core_graph
 
-if TYPE_CHECKING:
-    # Duck-typed: the front end's LayerGraph and Profile (core never imports it).
-    from cic_fast.frontend.profiling import Profile
-    from cic_fast.frontend.tracing import LayerGraph
 
-__all__ = ["PlanSegment", "Planner"]
+class TracedGraph(Protocol):
+    """What `Planner.from_profiles` reads of a traced model (the front end's LayerGraph).
+
+    The core never imports the front end: any object with these attributes will do.
+    """
+
+    @property
+    def edges(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def out_bytes(self) -> npt.NDArray[Any]: ...
+    @property
+    def names(self) -> Sequence[str]: ...
+
+
+class CostProfile(Protocol):
+    """What `Planner.from_profiles` reads of a profile (the front end's Profile)."""
+
+    @property
+    def seconds(self) -> npt.NDArray[np.float64]: ...
+    def check(self, graph: Any) -> None: ...
+
+
+__all__ = ["CostProfile", "PlanSegment", "Planner", "TracedGraph"]
 
 # Partition's slots in the order the C decider fills them.
 _FIELDS = (
@@ -304,9 +323,9 @@ class Planner:
     @classmethod
     def from_profiles(
         cls,
-        graph: LayerGraph,
-        device_profile: Profile,
-        server_profile: Profile,
+        graph: TracedGraph,
+        device_profile: CostProfile,
+        server_profile: CostProfile,
         rtt_s: float = 0.0,
     ) -> Planner:
         """The plan of a traced model from its device and server profiles.

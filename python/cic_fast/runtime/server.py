@@ -141,6 +141,10 @@ class Server:
         finally:
             self.close()
 
+    def stop(self) -> None:
+        """Ask the server to stop; `serve_forever` returns and closes it (signal-safe)."""
+        self._stop.set()
+
     def close(self, timeout_s: float = 2.0) -> None:
         """Stop accepting, drop every connection and join the threads."""
         self._stop.set()
