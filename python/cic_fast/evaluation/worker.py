@@ -1,23 +1,27 @@
 """The device side of the evaluation: a worker process that decides and measures.
 
-``python -m cic_fast.evaluation.worker CONFIG`` loads the model, traces it, builds
-every method's decision rule and a `cic_fast.Client` to the server, prints
+``python -m cic_fast.evaluation.worker CONFIG`` loads the model, traces it once,
+builds one Planner from the two profiles and every method's decision rule, and a
+`cic_fast.Client` to the server from the traced graph and that Planner; it prints
 ``{"ready": true, "pid": ...}`` and then answers one JSON line per command read on
 stdin: ``{"rate_bps": R}`` -> every method's measurements at that rate (see
 `cic_fast.evaluation.report.MethodResult`), ``{"quit": true}`` -> exit. The
 orchestrator (`cic_fast.evaluation.harness`) moves it into the device's CPU group
 after "ready", so set-up runs at full speed.
+
+Only the Client's public API is used: `Client.infer_partition` for the latencies,
+`Client.stream` for the throughput, and ``device_runner`` for the sleep-scaled
+slow device (`cic_fast.evaluation.device.Slowed` around every device computation).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
-import queue
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -29,7 +33,7 @@ import numpy as np
 from cic_fast.evaluation.device import Slowed
 from cic_fast.evaluation.report import METHODS, MethodResult
 
-__all__ = ["DeviceWorker", "main"]
+__all__ = ["DeviceWorker", "main", "slowed_runner"]
 
 
 def _median_call_s(fn: Callable[[], Any], budget_s: float = 0.2, max_calls: int = 200) -> float:
@@ -43,6 +47,19 @@ def _median_call_s(fn: Callable[[], Any], budget_s: float = 0.2, max_calls: int 
     return float(np.median(times))
 
 
+def _call(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+def slowed_runner(factor: float) -> Callable[[Callable[[], Any]], Any]:
+    """A `cic_fast.Client` ``device_runner`` that makes the device ``factor`` times slower.
+
+    Each device computation runs, then sleeps ``factor - 1`` times its duration
+    (`cic_fast.evaluation.device.Slowed`).
+    """
+    return Slowed(_call, factor)
+
+
 class DeviceWorker:
     """The device side of the evaluation: decisions, requests and streams."""
 
@@ -50,7 +67,7 @@ class DeviceWorker:
         import torch
 
         from cic_fast.core.baselines import Neurosurgeon
-        from cic_fast.core.graph import Graph, min_cut
+        from cic_fast.core.graph import min_cut
         from cic_fast.core.planner import Planner
         from cic_fast.frontend.models import load_model
         from cic_fast.frontend.profiling import Profile
@@ -62,41 +79,31 @@ class DeviceWorker:
         self.model = load_model(cfg["model"], weights=cfg["weights"])
         gen = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
         self.x = torch.randn(*cfg["input_shape"], generator=gen)
+        # traced once; every later stage is handed the graph or the planner
         self.graph = trace(self.model, self.x)
         dev = Profile.load(cfg["device_profile"], self.graph)
         srv = Profile.load(cfg["server_profile"], self.graph)
         self.rtt_s = float(cfg.get("rtt_s", 0.0))
         self.add_rtt_s = float(cfg.get("add_rtt_s", 0.0))
         g = self.graph
-        self.core = Graph(g.edges, dev.seconds, srv.seconds, g.out_bytes)
         self.planner = Planner.from_profiles(g, dev, srv, rtt_s=self.rtt_s)
+        self.core = self.planner.graph
         self.neuro = Neurosurgeon(
             g.edges, dev.seconds, srv.seconds, g.out_bytes, g.inputs, self.rtt_s
         )
         self._min_cut = min_cut
+        runner = None
+        if cfg.get("slowdown_method") == "sleep":
+            runner = slowed_runner(float(cfg["slowdown"]))
         self.client = Client(
-            self.model,
-            self.x,
-            tuple(cfg["address"]),
-            device_profile=dev,
-            server_profile=srv,
+            g,
+            address=tuple(cfg["address"]),
+            planner=self.planner,
             timeout_s=float(cfg.get("timeout_s", 60.0)),
             bandwidth_bps=1e6,
-            rtt_s=self.rtt_s,
             retry_s=0.0,
-            graph=g,
-            planner=self.planner,
+            device_runner=runner,
         )
-        if cfg.get("slowdown_method") == "sleep":
-            factor = float(cfg["slowdown"])
-            self.client.model = Slowed(self.model, factor)  # type: ignore[assignment]
-            parts_for = self.client._parts_for
-
-            def slowed_parts(on_device: np.ndarray) -> tuple[Any, Any]:
-                head, tail = parts_for(on_device)
-                return Slowed(head, factor), tail
-
-            self.client._parts_for = slowed_parts  # type: ignore[method-assign]
         self.requests = int(cfg.get("requests", 3))
         self.stream_frames = int(cfg.get("stream_frames", 4))
         self.max_predicted_s = float(cfg.get("max_predicted_s", 12.0))
@@ -150,62 +157,26 @@ class DeviceWorker:
         return lat, fallbacks
 
     def stream(self, on: np.ndarray) -> float:
-        """Frames per second of ``stream_frames`` frames pipelined device | link+server."""
-        import torch
+        """Frames per second of ``stream_frames`` frames pipelined device | link | server.
 
-        from cic_fast.runtime import messages as M
-        from cic_fast.runtime import wire as W
-
+        `Client.stream` on one connection, with as many frames in flight as the
+        stream has (the device never waits for an answer before its next head):
+        fps = (frames - 1) / (time between the first and the last answer).
+        """
         cli = self.client
         m = self.stream_frames
-        head, _ = cli._parts_for(on)
-        sock = cli._connection()
-        jobs: queue.Queue[list[Any] | None] = queue.Queue(maxsize=1)
         done: list[float] = []
-        errors: list[BaseException] = []
-        timeout = cli.timeout_s
-
-        def send() -> None:
-            try:
-                while (parts := jobs.get(timeout=timeout)) is not None:
-                    W.send_frame(sock, W.MsgType.INFER, parts)
-            except BaseException as e:
-                errors.append(e)
-
-        def receive() -> None:
-            try:
-                for _ in range(m):
-                    kind, _payload = W.recv_frame(sock, cli.limits)
-                    if kind != W.MsgType.RESULT:
-                        raise W.ProtocolError(W.ErrorCode.UNKNOWN_TYPE, f"got {kind}")
-                    done.append(time.perf_counter() + self.add_rtt_s)
-            except BaseException as e:
-                errors.append(e)
-
-        threads = [threading.Thread(target=f, daemon=True) for f in (send, receive)]
-        for t in threads:
-            t.start()
         t0 = time.perf_counter()
-        try:
-            with torch.inference_mode():
-                for _ in range(m):
-                    sent = head(self.x)
-                    cli._request_id += 1
-                    parts, _n = M.encode_request(cli._request_id, on, sent)
-                    while not errors:
-                        with contextlib.suppress(queue.Full):
-                            jobs.put(parts, timeout=0.5)
-                            break
-                    if errors:
-                        break
-        finally:
-            with contextlib.suppress(queue.Full):
-                jobs.put(None, timeout=timeout)
-            for t in threads:
-                t.join(timeout * (m + 1))
-        if errors or len(done) != m:
-            cli.close()
-            raise RuntimeError(f"stream failed: {errors[0] if errors else 'incomplete'}")
+        frames = cli.stream(itertools.repeat(self.x, m), on_device=on, max_in_flight=max(2, m))
+        with contextlib.closing(frames):
+            for _ in frames:
+                rec = cli.last
+                assert rec is not None
+                if rec.fallback:
+                    raise RuntimeError(f"stream failed: {rec.error}")
+                done.append(rec.done_s + self.add_rtt_s)
+        if len(done) != m:
+            raise RuntimeError("stream failed: incomplete")
         if m >= 2:
             return (m - 1) / (done[-1] - done[0])
         return 1.0 / (done[0] - t0)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cic_fast.frontend.tracing import LayerGraph, as_args, placeholder_value, run_node, trace
+from cic_fast.frontend.tracing import LayerGraph, as_traced, placeholder_value, run_node
 
 if TYPE_CHECKING:
     import torch
@@ -286,8 +286,8 @@ def _progress(total: int, enabled: bool) -> tuple[Callable[[], None], Callable[[
 
 
 def profile(
-    model: torch.nn.Module,
-    example_inputs: Any,
+    model: torch.nn.Module | LayerGraph,
+    example_inputs: Any = None,
     *,
     device: str = "cpu",
     threads: int | None = None,
@@ -296,14 +296,18 @@ def profile(
     progress: bool = True,
     graph: LayerGraph | None = None,
 ) -> Profile:
-    """Measure the per-node latency of ``model`` on this machine.
+    """Measure the per-node latency of a traced model on this machine.
 
     Parameters
     ----------
-    model : torch.nn.Module
-        The model, in eval mode.
-    example_inputs : torch.Tensor or tuple
-        One forward call's positional arguments.
+    model : LayerGraph or torch.nn.Module
+        The traced graph (``trace(model, example_inputs)``, with its program): it is
+        timed on the example inputs it was traced with, and the end-to-end latency
+        is that of the traced program (the same computation as the model). Or the
+        model itself, in eval mode, with ``example_inputs``: traced once here.
+    example_inputs : torch.Tensor or tuple, optional
+        One forward call's positional arguments; only with a model (default: those
+        of ``graph``).
     device : str
         ``"cpu"`` or a CUDA device; CUDA is timed with events and synchronisation.
     threads : int, optional
@@ -313,16 +317,26 @@ def profile(
     progress : bool
         Show a progress bar on stderr.
     graph : LayerGraph, optional
-        ``trace(model, example_inputs)`` if already computed (saves a trace).
+        With a model: ``trace(model, example_inputs)`` if already computed.
 
     Returns
     -------
     Profile
         Median per-node seconds, the measured end-to-end latency and the platform.
 
+    Raises
+    ------
+    ValueError
+        Bad ``repeats``/``warmup``, no CUDA device, or a graph without a program
+        (loaded from JSON) or without example inputs.
+    TypeError
+        See `cic_fast.frontend.tracing.as_traced` (e.g. a LayerGraph given with
+        ``example_inputs``).
+
     Examples
     --------
-    >>> p = profile(model, torch.randn(1, 3, 224, 224), repeats=5)  # doctest: +SKIP
+    >>> g = trace(model, torch.randn(1, 3, 224, 224))  # doctest: +SKIP
+    >>> p = profile(g, repeats=5)  # doctest: +SKIP
     >>> p.save("device.json")  # doctest: +SKIP
     """
     import copy
@@ -332,19 +346,20 @@ def profile(
 
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be >= 1 and warmup >= 0")
-    if graph is None:
-        graph = trace(model, example_inputs)
-    if graph.program is None:
-        raise ValueError("graph has no program (loaded from JSON?): trace the model")
+    run_model, graph, inputs = as_traced(model, example_inputs, graph=graph)
+    if not inputs and graph.inputs.size:
+        raise ValueError(
+            "the traced program does not hold its example inputs: give them "
+            "(profile(model, example_inputs, graph=graph))"
+        )
     prog = graph.program
+    assert prog is not None  # as_traced checked it
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' but no CUDA device is available")
     cuda = dev.type == "cuda"
 
     gm = prog.module
-    run_model: Any = model
-    inputs = as_args(example_inputs)
     if dev.type != "cpu":
         # Never move the caller's model: time a copy on the device.
         gm = copy.deepcopy(gm).to(dev)

@@ -1,8 +1,10 @@
 """Choose (or take) a partition of a traced model and cut it into head and tail.
 
-`split` is the front end's one-call path: trace (unless given the traced graph),
-decide the partition through the Planner (or price a forced one), and build the
-head and tail with `cic_fast.frontend.cutting`. torch is imported lazily.
+`split` is the front end's one-call path: take the traced graph (or trace the
+model once), decide the partition through the Planner (or price a forced one), and
+build the head and tail with `cic_fast.frontend.cutting`. `check_planner` is the
+check that a Planner was built for a traced graph (and, given them, for these
+profiles and round trip); the runtime uses it too. torch is imported lazily.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from cic_fast.core.graph import Graph
 from cic_fast.core.planner import Planner
 from cic_fast.frontend.cutting import BoundaryTensor, build_parts, describe_boundary
 from cic_fast.frontend.profiling import Profile
-from cic_fast.frontend.tracing import LayerGraph, trace
+from cic_fast.frontend.tracing import LayerGraph, as_traced
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["BoundaryTensor", "Split", "split"]
+__all__ = ["BoundaryTensor", "Split", "check_planner", "split"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,14 +111,65 @@ class Split:
         return "\n".join(lines)
 
 
+def _same_edges(a: np.ndarray, b: np.ndarray) -> bool:
+    """True if two (E, 2) edge arrays hold the same set of edges (any order)."""
+    a = np.unique(np.asarray(a, dtype=np.int64).reshape(-1, 2), axis=0)
+    b = np.unique(np.asarray(b, dtype=np.int64).reshape(-1, 2), axis=0)
+    return a.shape == b.shape and bool((a == b).all())
+
+
+def check_planner(
+    graph: LayerGraph,
+    planner: Planner,
+    *,
+    device_profile: Profile | None = None,
+    server_profile: Profile | None = None,
+    rtt_s: float | None = None,
+) -> None:
+    """Raise ValueError unless ``planner`` is the splitting model of ``graph``.
+
+    The planner must have the graph's layers (count, and names where it holds
+    them), edges and output bytes; given profiles, its costs must be theirs, and
+    given ``rtt_s``, its round trip must be it. Nothing is built: the arrays are
+    compared.
+
+    Raises
+    ------
+    ValueError
+        The first difference found; the message starts with "planner was built for".
+    """
+    pg = planner.graph
+    if planner.n_nodes != graph.n_nodes or (
+        planner.names is not None and tuple(planner.names) != tuple(graph.names)
+    ):
+        raise ValueError(
+            f"planner was built for another graph ({planner.n_nodes} nodes; this traced "
+            f"graph has {graph.n_nodes}, or other layer names)"
+        )
+    if not _same_edges(pg.edges, graph.edges) or not np.array_equal(pg.out_bytes, graph.out_bytes):
+        raise ValueError(
+            "planner was built for another graph (same size, other edges or output bytes)"
+        )
+    for side, prof, costs in (
+        ("device", device_profile, pg.device_s),
+        ("server", server_profile, pg.server_s),
+    ):
+        if prof is not None and not np.array_equal(prof.seconds, costs):
+            raise ValueError(f"planner was built for other profiles (its {side} costs differ)")
+    if rtt_s is not None and float(rtt_s) != planner.rtt_s:
+        raise ValueError(
+            f"planner was built for another rtt_s (planner: {planner.rtt_s}, here: {rtt_s})"
+        )
+
+
 def split(
-    model: torch.nn.Module,
-    example_inputs: Any,
+    model: torch.nn.Module | LayerGraph,
+    example_inputs: Any = None,
     *,
     bandwidth_bps: float | None = None,
-    device_profile: Profile,
-    server_profile: Profile,
-    rtt_s: float = 0.0,
+    device_profile: Profile | None = None,
+    server_profile: Profile | None = None,
+    rtt_s: float | None = None,
     on_device: Sequence[bool] | np.ndarray | None = None,
     graph: LayerGraph | None = None,
     planner: Planner | None = None,
@@ -125,26 +178,30 @@ def split(
 
     Parameters
     ----------
-    model : torch.nn.Module
-        The model, in eval mode.
-    example_inputs : torch.Tensor or tuple
-        One forward call's positional arguments.
+    model : LayerGraph or torch.nn.Module
+        The traced graph (with its program), or the model in eval mode with
+        ``example_inputs`` (traced once here unless ``graph`` is given).
+    example_inputs : torch.Tensor or tuple, optional
+        One forward call's positional arguments; only with a model.
     bandwidth_bps : float, optional
         Link bandwidth, bits per second.  Without ``on_device`` the partition is the
         exact optimum at this bandwidth; with it, the bandwidth only prices the
         partition (1 Gbit/s is assumed for pricing when it is None).
-    device_profile, server_profile : Profile
-        Per-node latency on each side (see :func:`cic_fast.profile`).
-    rtt_s : float
-        Round trip added when anything is offloaded, seconds.
+    device_profile, server_profile : Profile, optional
+        Per-node latency on each side (see :func:`cic_fast.profile`). Required
+        without ``planner`` (which holds the costs); with it, checked against it.
+    rtt_s : float, optional
+        Round trip added when anything is offloaded, seconds: the planner's by
+        default, else 0.
     on_device : array-like of bool, optional
-        Force this partition (indexed like ``trace(model, example_inputs)``).
+        Force this partition (indexed like the traced graph).
     graph : LayerGraph, optional
-        ``trace(model, example_inputs)`` if already computed.
+        With a model: ``trace(model, example_inputs)`` if already computed.
     planner : Planner, optional
-        The splitting model of this graph and these profiles (and ``rtt_s``), if
-        already built: the optimum is then its microsecond ``decide``. Without
-        it, one is built (a few min-cuts on the compressed graph).
+        The splitting model of this graph (see :func:`check_planner`): the optimum
+        is then its microsecond ``decide``, and the profiles are not needed.
+        Without it, one is built from the profiles (a few min-cuts on the
+        compressed graph).
 
     Returns
     -------
@@ -155,39 +212,55 @@ def split(
     Raises
     ------
     ValueError
-        Profiles that do not match the model, an invalid ``on_device``, no bandwidth.
+        Profiles that do not match the model, a planner for another graph (other
+        profiles, other ``rtt_s``), neither a planner nor both profiles, an invalid
+        ``on_device``, no bandwidth, a graph without a program.
+    TypeError
+        See `cic_fast.frontend.tracing.as_traced`.
 
     Examples
     --------
-    >>> s = split(  # doctest: +SKIP
-    ...     model, x, bandwidth_bps=10e6, device_profile=dev, server_profile=srv
-    ... )
+    >>> g = trace(model, x)  # doctest: +SKIP
+    >>> s = split(g, bandwidth_bps=10e6, planner=planner)  # doctest: +SKIP
     >>> y = s.tail(s.head(x))  # doctest: +SKIP
     """
-    if graph is None:
-        graph = trace(model, example_inputs)
-    device_profile.check(graph)
-    server_profile.check(graph)
-
-    def core() -> Graph:
-        return Graph(graph.edges, device_profile.seconds, server_profile.seconds, graph.out_bytes)
+    _, graph, _ = as_traced(model, example_inputs, graph=graph)
+    if planner is None and (device_profile is None or server_profile is None):
+        raise ValueError("give planner=, or both device_profile= and server_profile= (the costs)")
+    if device_profile is not None:
+        device_profile.check(graph)
+    if server_profile is not None:
+        server_profile.check(graph)
+    if planner is not None:
+        check_planner(
+            graph,
+            planner,
+            device_profile=device_profile,
+            server_profile=server_profile,
+            rtt_s=rtt_s,
+        )
+        rtt = planner.rtt_s
+    else:
+        rtt = 0.0 if rtt_s is None else float(rtt_s)
 
     if on_device is None:
         if bandwidth_bps is None:
             raise ValueError("give bandwidth_bps (to optimise) or on_device (to force a partition)")
         if planner is None:
+            assert device_profile is not None and server_profile is not None
             # builds its own Graph: no second one here
-            planner = Planner.from_profiles(graph, device_profile, server_profile, rtt_s=rtt_s)
-        elif not planner.matches(core(), rtt_s):
-            raise ValueError(
-                "planner was built for another graph, other profiles or another rtt_s "
-                f"(planner: {planner.n_nodes} nodes, rtt_s={planner.rtt_s}; "
-                f"here: {graph.n_nodes} nodes, rtt_s={rtt_s})"
-            )
+            planner = Planner.from_profiles(graph, device_profile, server_profile, rtt_s=rtt)
         partition = planner.decide(bandwidth_bps)
     else:
         mask = cost.check_partition(graph.edges, graph.n_nodes, on_device, names=graph.names)
-        partition = core().evaluate(mask, 1e9 if bandwidth_bps is None else bandwidth_bps, rtt_s)
+        if planner is not None:
+            core = planner.graph
+        else:
+            assert device_profile is not None and server_profile is not None
+            core = Graph(
+                graph.edges, device_profile.seconds, server_profile.seconds, graph.out_bytes
+            )
+        partition = core.evaluate(mask, 1e9 if bandwidth_bps is None else bandwidth_bps, rtt)
     head, tail, boundary = build_parts(graph, partition.on_device)
     return Split(
         head=head,

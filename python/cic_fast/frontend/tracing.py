@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import traceback
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -41,13 +44,17 @@ __all__ = [
     "TraceError",
     "TracedProgram",
     "as_args",
+    "as_traced",
     "fetch_attr",
     "placeholder_value",
+    "require_program",
     "run_node",
     "target_name",
     "tensor_bytes",
     "trace",
 ]
+
+T = TypeVar("T")
 
 LAYER_GRAPH_SCHEMA = "cic_fast.layer_graph"
 LAYER_GRAPH_VERSION = 1
@@ -61,6 +68,10 @@ class TraceError(RuntimeError):
 class TracedProgram:
     """The executable side of a :class:`LayerGraph` (not serialised).
 
+    It is what the later stages are handed instead of the model: `profile` times it
+    on its example inputs, `split` and the runtime cut it, and the runtime's model
+    fingerprint is computed once per program (see :meth:`memo`).
+
     Attributes
     ----------
     module : torch.fx.GraphModule
@@ -73,6 +84,15 @@ class TracedProgram:
     in_spec, out_spec : pytree specs or None
         Set when the program came from torch.export, whose graph takes flat inputs
         and returns flat outputs.
+    example_inputs : tuple
+        The positional arguments `trace` was given (the tensors themselves, not
+        copies): the shapes the graph was measured at. Empty for a program built
+        by hand.
+    output_spec : pytree spec or None
+        Structure of the model's output (``torch.utils._pytree``), from the trace.
+    output_meta : tuple or None
+        Per output leaf, ``(dtype, shape)`` of a tensor or None for another value,
+        from the trace.
     """
 
     module: Any
@@ -80,6 +100,11 @@ class TracedProgram:
     mutates: dict[int, tuple[Any, ...]] = field(default_factory=dict)
     in_spec: Any = None
     out_spec: Any = None
+    example_inputs: tuple[Any, ...] = ()
+    output_spec: Any = None
+    output_meta: tuple[Any, ...] | None = None
+    _lock: Any = field(default_factory=threading.RLock, init=False, repr=False)
+    _memo: dict[str, tuple[Any, Any]] = field(default_factory=dict, init=False, repr=False)
 
     def flatten_inputs(
         self, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None
@@ -101,6 +126,91 @@ class TracedProgram:
         from torch.utils import _pytree
 
         return _pytree.tree_unflatten(list(flat), self.out_spec)
+
+    def output_structure(self) -> tuple[Any, tuple[Any, ...]]:
+        """``(output_spec, output_meta)``: the model's output structure and leaves.
+
+        Taken from the trace; for a program built without them, the module is run
+        once on ``example_inputs`` (and the result kept).
+
+        Raises
+        ------
+        ValueError
+            Neither the structure nor example inputs are known.
+        """
+        with self._lock:
+            if self.output_meta is None:
+                if not self.example_inputs:
+                    raise ValueError(
+                        "the traced program knows neither its outputs nor its example inputs"
+                    )
+                import torch
+
+                with torch.inference_mode():
+                    value = self.module(*self.example_inputs)
+                self.output_spec, self.output_meta = _output_structure(value)
+            return self.output_spec, self.output_meta
+
+    def memo(self, name: str, compute: Callable[[], T]) -> T:
+        """``compute()``, computed once per state of the module's weights (thread-safe).
+
+        The value is kept under ``name`` with the identity of every parameter and
+        buffer (the tensor object, its storage pointer, dtype, shape and torch's
+        version counter, which every in-place write bumps): loading another state
+        dict, an optimizer step or replacing a parameter makes the next call
+        compute again. Where a version counter is unavailable (inference-mode
+        tensors) nothing is kept and every call computes. Concurrent callers of
+        the same name wait for one computation.
+        """
+        with self._lock:
+            key = self._state_key()
+            hit = self._memo.get(name)
+            if key is not None and hit is not None and _same_state(hit[0], key):
+                return hit[1]
+            value = compute()
+            if key is not None:
+                self._memo[name] = (key, value)
+            return value
+
+    def _state_key(self) -> list[tuple[Any, ...]] | None:
+        """Identity of the module's parameters and buffers now (None: not trackable)."""
+        import torch
+
+        key: list[tuple[Any, ...]] = []
+        for name, t in self.module.state_dict(keep_vars=True).items():
+            if not isinstance(t, torch.Tensor):
+                key.append((name, None, repr(t)))
+                continue
+            v = _version(t)
+            if v is None:
+                return None
+            key.append((name, weakref.ref(t), t.data_ptr(), v, t.dtype, tuple(t.shape)))
+        return key
+
+
+def _same_state(old: list[tuple[Any, ...]], new: list[tuple[Any, ...]]) -> bool:
+    """True if two state keys name the same, unmodified tensors."""
+    if len(old) != len(new):
+        return False
+    for a, b in zip(old, new, strict=True):
+        if a[0] != b[0] or len(a) != len(b):
+            return False
+        if len(a) == 3:  # a non-tensor entry
+            if a[2] != b[2]:
+                return False
+        elif a[1]() is not b[1]() or a[2:] != b[2:]:
+            return False
+    return True
+
+
+def _output_structure(value: Any) -> tuple[Any, tuple[Any, ...]]:
+    """(pytree spec, per-leaf (dtype, shape) or None) of a model output."""
+    import torch
+    from torch.utils import _pytree
+
+    leaves, spec = _pytree.tree_flatten(value)
+    meta = tuple((x.dtype, tuple(x.shape)) if isinstance(x, torch.Tensor) else None for x in leaves)
+    return spec, meta
 
 
 @dataclass(eq=False)
@@ -288,6 +398,88 @@ def as_args(example_inputs: Any) -> tuple[Any, ...]:
     raise TypeError("example_inputs must be a tensor or a tuple of model arguments")
 
 
+def require_program(graph: LayerGraph) -> TracedProgram:
+    """The executable program of a traced graph.
+
+    Raises
+    ------
+    ValueError
+        The graph has none (it was loaded with :meth:`LayerGraph.from_json`).
+    """
+    if graph.program is None:
+        raise ValueError(
+            "the LayerGraph has no program (loaded from JSON?): trace the model to "
+            "profile, split or run it"
+        )
+    return graph.program
+
+
+def as_traced(
+    model: Any, example_inputs: Any = None, *, graph: LayerGraph | None = None
+) -> tuple[Any, LayerGraph, tuple[Any, ...]]:
+    """Resolve the two ways a stage is given a model; trace at most once.
+
+    A stage (`profile`, `split`, the runtime's `Client` and `Server`) takes either
+    the previous stage's result, a traced :class:`LayerGraph`, or the convenience
+    form ``(model, example_inputs)`` (optionally with ``graph=trace(model,
+    example_inputs)`` to save the trace).
+
+    Parameters
+    ----------
+    model : torch.nn.Module or LayerGraph
+        The model, or the traced graph (with its program).
+    example_inputs : torch.Tensor or tuple, optional
+        One forward call's positional arguments; only with a model. Without them
+        the graph's own are used (``graph=`` must then be given).
+    graph : LayerGraph, optional
+        ``trace(model, example_inputs)``, if already computed; only with a model.
+
+    Returns
+    -------
+    module : torch.nn.Module
+        What to run whole: the model, or the traced program's module (which shares
+        the model's weights) when handed a graph.
+    graph : LayerGraph
+        The traced graph, with its program.
+    args : tuple
+        The example inputs.
+
+    Raises
+    ------
+    TypeError
+        ``model`` is neither a module nor a LayerGraph; a LayerGraph given together
+        with ``example_inputs`` or another ``graph``; a model without example
+        inputs or graph.
+    ValueError
+        The graph has no program (loaded from JSON).
+    TraceError
+        The model could not be traced.
+    """
+    import torch
+
+    if isinstance(model, LayerGraph):
+        if example_inputs is not None:
+            raise TypeError(
+                "a traced LayerGraph holds its example inputs: "
+                "give example_inputs only with a model"
+            )
+        if graph is not None and graph is not model:
+            raise TypeError("give the traced graph once: as the model argument or as graph=")
+        prog = require_program(model)
+        return prog.module, model, prog.example_inputs
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(
+            f"model must be a torch.nn.Module or a traced LayerGraph, not {type(model).__name__}"
+        )
+    if graph is None:
+        if example_inputs is None:
+            raise TypeError("example_inputs are required with a model (or pass the LayerGraph)")
+        graph = trace(model, example_inputs)
+    prog = require_program(graph)
+    args = prog.example_inputs if example_inputs is None else as_args(example_inputs)
+    return model, graph, args
+
+
 def _user_frame(exc: BaseException) -> str:
     """The innermost traceback frame outside torch: the construct that failed."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/torch/" not in f.filename]
@@ -447,7 +639,9 @@ def _build(gm: Any, args: tuple[Any, ...], method: str, in_spec: Any, out_spec: 
     from torch import fx
     from torch.utils.flop_counter import FlopCounterMode
 
-    program = TracedProgram(module=gm, fx_nodes=[], in_spec=in_spec, out_spec=out_spec)
+    program = TracedProgram(
+        module=gm, fx_nodes=[], in_spec=in_spec, out_spec=out_spec, example_inputs=args
+    )
     flat = program.flatten_inputs(args)
     nodes: list[fx.Node] = list(gm.graph.nodes)
     order = {n: i for i, n in enumerate(nodes)}
@@ -551,6 +745,9 @@ def _build(gm: Any, args: tuple[Any, ...], method: str, in_spec: Any, out_spec: 
     assert (edges[:, 0] < edges[:, 1]).all(), "fx order is not topological"
 
     program.fx_nodes = kept
+    program.output_spec, program.output_meta = _output_structure(
+        program.restructure_outputs(fx.node.map_arg(out_node.args[0], lambda n: env[n]))
+    )
     program.mutates = {
         index[m]: tuple(sorted(vs, key=order.__getitem__))
         for m, vs in mutated.items()

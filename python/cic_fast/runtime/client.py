@@ -1,8 +1,10 @@
 """The device side of collaborative inference.
 
-A :class:`Client` holds the same model as the :class:`~cic_fast.runtime.server.Server`, a
-:class:`~cic_fast.Planner` built from the device and server profiles, and a
-:class:`BandwidthEstimator` fed by its own transfers.  For every request it
+A :class:`Client` holds the same model as the :class:`~cic_fast.runtime.server.Server`
+(the traced graph it is handed, or the model, traced once), a
+:class:`~cic_fast.Planner` (handed over, or built from the device and server
+profiles) and a :class:`BandwidthEstimator` fed by its own transfers.  For every
+request it
 
 1. takes the bandwidth (``client.bandwidth_bps`` if set, else the estimate; a small
    probe when there is no recent estimate);
@@ -11,16 +13,22 @@ A :class:`Client` holds the same model as the :class:`~cic_fast.runtime.server.S
 4. on any network failure (refused, timeout, error frame, fingerprint mismatch,
    malformed answer) runs the tail itself: the caller always gets the model's output.
 
-``client.last`` (a :class:`RequestRecord`) says what happened.
+`Client.infer` runs one request (`Client.infer_partition` one with a given
+partition); `Client.stream` pipelines a sequence of frames over one connection.
+``client.last`` (a :class:`RequestRecord`) says what happened. Every computation
+on the device goes through ``device_runner`` (to emulate a slower device).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import queue
 import socket
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,23 +40,27 @@ from cic_fast.core.cost import Partition
 from cic_fast.core.planner import Planner
 from cic_fast.frontend.cutting import build_parts
 from cic_fast.frontend.profiling import Profile
-from cic_fast.frontend.tracing import LayerGraph, as_args, trace
+from cic_fast.frontend.splitting import check_planner
+from cic_fast.frontend.tracing import LayerGraph, as_args, as_traced
 from cic_fast.runtime import messages as M
 from cic_fast.runtime import wire as W
 from cic_fast.runtime.estimator import BandwidthEstimator
-from cic_fast.runtime.fingerprint import model_fingerprint
+from cic_fast.runtime.fingerprint import traced_fingerprint
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["BandwidthEstimator", "Client", "RequestRecord"]
+__all__ = ["BandwidthEstimator", "Client", "DeviceRunner", "RequestRecord"]
+
+#: ``runner(fn)`` runs one device-side computation ``fn()`` and returns its result.
+DeviceRunner = Callable[[Callable[[], Any]], Any]
 
 _NETWORK_ERRORS = (OSError, EOFError, W.ProtocolError, W.RemoteError)
 
 
 @dataclass
 class RequestRecord:
-    """What one :meth:`Client.infer` did.
+    """What one request (:meth:`Client.infer`, or one frame of :meth:`Client.stream`) did.
 
     Attributes
     ----------
@@ -63,11 +75,18 @@ class RequestRecord:
         The bandwidth the decision used (None when no estimate could be made).
     device_s, transfer_s, server_s, total_s : float
         Measured seconds: head and local work; network (round trip minus server
-        time); tail on the server (as the server reports it); the whole call.
+        time; in a stream it includes the wait behind earlier frames); tail on the
+        server (as the server reports it); the whole request, from its decision to
+        its answer.
     probed : bool
         True if a bandwidth probe ran before this request.
     error : str or None
         Why the server was not used, on fallback.
+    done_s : float
+        ``time.perf_counter()`` when the answer was available. In a stream, when it
+        and every earlier frame's answer were (so it never decreases along a
+        stream): ``(m - 1) / (done_s[m-1] - done_s[0])`` is the frame rate of
+        ``m`` frames.
     """
 
     partition: Partition
@@ -80,6 +99,145 @@ class RequestRecord:
     total_s: float
     probed: bool = False
     error: str | None = None
+    done_s: float = 0.0
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class _Job:
+    """One frame of a stream, from its head to its answer."""
+
+    def __init__(self, partition: Partition, bw: float | None, probed: bool, t_start: float):
+        self.partition = partition
+        self.bw = bw
+        self.probed = probed
+        self.t_start = t_start
+        self.device_s = 0.0
+        self.tail: Any = None
+        self.sent: dict[str, Any] | None = None
+        self.request_id = 0
+        self.parts: list[Any] | None = None
+        self.pipe: _Pipe | None = None
+        # set by the pipe's threads
+        self.done = threading.Event()
+        self.overlapped = False
+        self.t_send = 0.0
+        self.t_recv = 0.0
+        self.frame_bytes = 0
+        self.reply_bytes = 0
+        self.server_s = 0.0
+        self.error: BaseException | None = None
+        # the answer, once known
+        self.out: Any = None
+        self.record: RequestRecord | None = None
+
+
+class _Pipe:
+    """One connection carrying a stream: a sender and a receiver thread.
+
+    Requests go out in submission order; the server answers them in order. Any
+    failure (a socket error, an ``ERROR`` frame, a malformed answer, `fail`)
+    ends the pipe: every unanswered job is marked with the error and released.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        max_frame_bytes: int | None,
+        limits: W.Limits,
+        decode: Callable[[W.MsgType, bytearray], tuple[int, float, Any]],
+    ) -> None:
+        self.sock = sock
+        self.max_frame_bytes = max_frame_bytes
+        self.limits = limits
+        self.decode = decode
+        self.error: BaseException | None = None
+        self.reported = False
+        self.lock = threading.Lock()
+        self.unanswered: deque[_Job] = deque()
+        self.last_progress = time.perf_counter()
+        self.sendq: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.recvq: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.threads = [
+            threading.Thread(target=self.send_loop, name="cic-stream-send", daemon=True),
+            threading.Thread(target=self.recv_loop, name="cic-stream-recv", daemon=True),
+        ]
+        for t in self.threads:
+            t.start()
+
+    def submit(self, job: _Job) -> None:
+        """Queue a job's request (its ``parts``) for sending."""
+        job.pipe = self
+        with self.lock:
+            if self.error is not None:
+                job.error = self.error
+                job.done.set()
+                return
+            self.unanswered.append(job)
+        self.sendq.put(job)
+
+    def send_loop(self) -> None:
+        try:
+            while (job := self.sendq.get()) is not None and self.error is None:
+                with self.lock:
+                    job.overlapped = bool(self.unanswered) and self.unanswered[0] is not job
+                parts, job.parts = job.parts or [], None
+                job.t_send = time.perf_counter()
+                job.frame_bytes = W.send_frame(self.sock, W.MsgType.INFER, parts)
+                del parts
+                self.last_progress = time.perf_counter()
+                self.recvq.put(job)
+        except BaseException as e:
+            self.fail(e)
+
+    def recv_loop(self) -> None:
+        try:
+            while (job := self.recvq.get()) is not None and self.error is None:
+                kind, payload = W.recv_frame(self.sock, self.limits)
+                job.t_recv = self.last_progress = time.perf_counter()
+                job.reply_bytes = W.HEADER.size + len(payload)
+                request_id, job.server_s, job.out = self.decode(kind, payload)
+                if request_id != job.request_id:
+                    raise W.ProtocolError(W.ErrorCode.BAD_FRAME, "answer to another request")
+                with self.lock:
+                    self.unanswered.popleft()
+                job.done.set()
+        except BaseException as e:
+            self.fail(e)
+
+    def fail(self, exc: BaseException) -> None:
+        """End the pipe: release every unanswered job with ``exc`` (the first error wins)."""
+        with self.lock:
+            if self.error is None:
+                self.error = exc
+            jobs = list(self.unanswered)
+            self.unanswered.clear()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # unblocks the other thread
+        for job in jobs:
+            job.error = self.error
+            job.done.set()
+        self.sendq.put(None)
+        self.recvq.put(None)
+
+    def close(self, timeout_s: float) -> socket.socket | None:
+        """Stop the threads; return the socket if it is healthy and idle, else close it."""
+        with self.lock:
+            idle = self.error is None and not self.unanswered
+        if idle:
+            self.sendq.put(None)
+            self.recvq.put(None)
+        else:
+            self.fail(ConnectionAbortedError("stream closed with requests unanswered"))
+        for t in self.threads:
+            t.join(timeout_s)
+        if idle and self.error is None and not any(t.is_alive() for t in self.threads):
+            return self.sock
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        return None
 
 
 class Client:
@@ -87,21 +245,29 @@ class Client:
 
     Parameters
     ----------
-    model : torch.nn.Module
-        The model, in eval mode, with the same weights as the server's.
-    example_inputs : torch.Tensor or tuple
-        One forward call's arguments (the shapes the server accepts).
+    model : LayerGraph or torch.nn.Module
+        The traced graph (``trace(model, example_inputs)``, with its program):
+        nothing is traced again, and the model is the program's module (it shares
+        the model's weights). Or the model, in eval mode, with the same weights as
+        the server's, and ``example_inputs`` (traced once here unless ``graph`` is
+        given).
+    example_inputs : torch.Tensor or tuple, optional
+        One forward call's arguments (the shapes the server accepts); only with a
+        model.
     address : tuple of (str, int)
-        The server.
-    device_profile, server_profile : Profile
-        Per-layer seconds on this device and on the server.
+        The server. Required.
+    device_profile, server_profile : Profile, optional
+        Per-layer seconds on this device and on the server; required without
+        ``planner``, checked against it with one.
     timeout_s : float
-        Bound on connecting and on every socket read or write.
+        Bound on connecting, on every socket read or write and on every wait of
+        a stream.
     bandwidth_bps : float, optional
         Fix the bandwidth the decisions use (bits/s); None to estimate it.
-    rtt_s : float
-        Round trip the Planner adds to offloading partitions; also subtracted from
-        the measured transfer times before they become bandwidth samples.
+    rtt_s : float, optional
+        Round trip the Planner adds to offloading partitions (the planner's by
+        default, else 0); also subtracted from the measured transfer times before
+        they become bandwidth samples.
     probe_bytes : int
         Size of the bandwidth probe.
     retry_s : float
@@ -109,25 +275,52 @@ class Client:
         long.
     estimator : BandwidthEstimator, optional
         Defaults to a median over 8 samples of the last 30 s.
-    graph, planner : optional
-        ``trace(model, example_inputs)`` and its Planner, if already built.
+    graph : LayerGraph, optional
+        With a model: ``trace(model, example_inputs)``, if already computed.
+    planner : Planner, optional
+        The splitting model of this graph (see
+        `cic_fast.frontend.splitting.check_planner`); the Client uses its
+        ``graph`` to price forced partitions and builds no Graph of its own.
     cache_size : int
         Heads kept built (LRU).
     limits : protocol.Limits, optional
         Limits on the frames received.
+    device_runner : callable, optional
+        ``runner(fn)`` runs every device-side computation ``fn()`` (the head, the
+        whole model when nothing is offloaded, a local fallback tail) and returns
+        its result; default ``fn()``. E.g. a runner that sleeps after each
+        computation emulates a slower device.
+
+    Raises
+    ------
+    TypeError
+        No ``address``; a model without ``example_inputs``; a LayerGraph given
+        with ``example_inputs`` or another ``graph``; a ``device_runner`` that is
+        not callable.
+    ValueError
+        A graph without a program (loaded from JSON); neither ``planner`` nor both
+        profiles; profiles or a planner of another graph (or another ``rtt_s``);
+        a bad ``timeout_s`` or ``bandwidth_bps``.
+
+    Examples
+    --------
+    >>> g = trace(model, x)  # doctest: +SKIP
+    >>> planner = Planner.from_profiles(g, device_profile, server_profile)  # doctest: +SKIP
+    >>> with Client(g, address=(host, port), planner=planner) as cli:  # doctest: +SKIP
+    ...     y = cli.infer(x)
     """
 
     def __init__(
         self,
-        model: torch.nn.Module,
-        example_inputs: Any,
-        address: tuple[str, int],
+        model: torch.nn.Module | LayerGraph,
+        example_inputs: Any = None,
+        address: tuple[str, int] | None = None,
         *,
-        device_profile: Profile,
-        server_profile: Profile,
+        device_profile: Profile | None = None,
+        server_profile: Profile | None = None,
         timeout_s: float = 5.0,
         bandwidth_bps: float | None = None,
-        rtt_s: float = 0.0,
+        rtt_s: float | None = None,
         probe_bytes: int = 16384,
         retry_s: float = 1.0,
         estimator: BandwidthEstimator | None = None,
@@ -135,42 +328,60 @@ class Client:
         planner: Planner | None = None,
         cache_size: int = 16,
         limits: W.Limits | None = None,
+        device_runner: DeviceRunner | None = None,
     ) -> None:
-        import torch
-        from torch.utils import _pytree
-
+        if address is None:
+            raise TypeError("Client needs the server's address=(host, port)")
         if not timeout_s > 0:
             raise ValueError("timeout_s must be > 0")
         if bandwidth_bps is not None and not bandwidth_bps > 0:
             raise ValueError("bandwidth_bps must be > 0 or None")
-        args = as_args(example_inputs)
-        self.model = model
+        if device_runner is not None and not callable(device_runner):
+            raise TypeError("device_runner must be a callable runner(fn) -> fn()")
+        if planner is None and (device_profile is None or server_profile is None):
+            raise ValueError(
+                "Client needs planner=, or both device_profile= and server_profile= "
+                "(the costs the decisions use)"
+            )
+        self.model, self.graph, _ = as_traced(model, example_inputs, graph=graph)
+        for prof in (device_profile, server_profile):
+            if prof is not None:
+                prof.check(self.graph)
+        if planner is not None:
+            check_planner(
+                self.graph,
+                planner,
+                device_profile=device_profile,
+                server_profile=server_profile,
+                rtt_s=rtt_s,
+            )
+        else:
+            assert device_profile is not None and server_profile is not None
+            planner = Planner.from_profiles(
+                self.graph, device_profile, server_profile, rtt_s=rtt_s or 0.0
+            )
+        self.planner = planner
         self.address = (str(address[0]), int(address[1]))
         self.timeout_s = float(timeout_s)
         self.bandwidth_bps = bandwidth_bps
-        self.rtt_s = float(rtt_s)
+        self.rtt_s = planner.rtt_s
         self.probe_bytes = int(probe_bytes)
         self.retry_s = float(retry_s)
         self.estimator = estimator if estimator is not None else BandwidthEstimator()
         self.limits = limits or W.Limits()
-        self.graph = graph if graph is not None else trace(model, args)
-        self.planner = (
-            planner
-            if planner is not None
-            else Planner.from_profiles(self.graph, device_profile, server_profile, rtt_s=rtt_s)
-        )
-        self.fingerprint = model_fingerprint(model, self.graph)
-        with torch.inference_mode():
-            leaves, self._out_spec = _pytree.tree_flatten(model(*args))
-        self._out_meta = [
-            (x.dtype, tuple(x.shape)) if isinstance(x, torch.Tensor) else None for x in leaves
-        ]
+        self.device_runner = device_runner
+        self.fingerprint = traced_fingerprint(self.graph)
+        prog = self.graph.program
+        assert prog is not None  # as_traced checked it
+        self._out_spec, out_meta = prog.output_structure()
+        self._out_meta = list(out_meta)
         self.cache_size = int(cache_size)
         self._parts: OrderedDict[bytes, tuple[Any, Any]] = OrderedDict()
+        self._parts_lock = threading.Lock()
         self._sock: socket.socket | None = None
         self.server_max_frame_bytes: int | None = None
         self._down_until = 0.0
-        self._request_id = 0
+        self._ids = itertools.count(1)
         self._lock = threading.RLock()
         self.last: RequestRecord | None = None
 
@@ -190,9 +401,8 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _connection(self) -> socket.socket:
-        if self._sock is not None:
-            return self._sock
+    def _open(self) -> tuple[socket.socket, int | None]:
+        """A new connection, handshake done: (socket, the server's frame limit)."""
         sock = socket.create_connection(self.address, timeout=self.timeout_s)
         try:
             sock.settimeout(self.timeout_s)
@@ -205,20 +415,23 @@ class Client:
             if kind != W.MsgType.HELLO_OK:
                 raise W.ProtocolError(W.ErrorCode.UNKNOWN_TYPE, f"expected HELLO_OK, got {kind}")
             fp, limit = M.decode_hello(payload, self.limits, reply=True)
-            self.server_max_frame_bytes = limit
             if fp != self.fingerprint:
                 raise W.ProtocolError(W.ErrorCode.FINGERPRINT, "server has another model")
         except BaseException:
             sock.close()
             raise
-        self._sock = sock
-        return sock
+        return sock, limit
+
+    def _connection(self) -> socket.socket:
+        if self._sock is None:
+            self._sock, self.server_max_frame_bytes = self._open()
+        return self._sock
 
     def _fail(self, exc: BaseException) -> str:
         """Drop the connection after a failure; do not retry for ``retry_s``."""
         self.close()
         self._down_until = time.monotonic() + self.retry_s
-        return f"{type(exc).__name__}: {exc}"
+        return _describe(exc)
 
     @property
     def server_down(self) -> bool:
@@ -254,19 +467,41 @@ class Client:
     def _add_sample(self, nbytes: int, seconds: float) -> None:
         self.estimator.add(8.0 * nbytes, max(seconds - self.rtt_s, 1e-9))
 
-    # -- inference -----------------------------------------------------------------
+    # -- device computation ------------------------------------------------------
+
+    def _device(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn()`` on the device: in inference mode, through ``device_runner``."""
+        import torch
+
+        def call() -> Any:
+            with torch.inference_mode():
+                return fn()
+
+        runner = self.device_runner
+        return call() if runner is None else runner(call)
 
     def _parts_for(self, on_device: np.ndarray) -> tuple[Any, Any]:
         key = W.pack_mask(on_device)
-        parts = self._parts.get(key)
-        if parts is None:
-            head, tail, _ = build_parts(self.graph, on_device)
-            parts = (head, tail)
-            self._parts[key] = parts
-            while len(self._parts) > self.cache_size:
-                self._parts.popitem(last=False)
-        self._parts.move_to_end(key)
-        return parts
+        with self._parts_lock:
+            parts = self._parts.get(key)
+            if parts is None:
+                head, tail, _ = build_parts(self.graph, on_device)
+                parts = (head, tail)
+                self._parts[key] = parts
+                while len(self._parts) > self.cache_size:
+                    self._parts.popitem(last=False)
+            self._parts.move_to_end(key)
+            return parts
+
+    def _check_partition(self, on_device: Any) -> np.ndarray:
+        g = self.graph
+        return cost.check_partition(g.edges, g.n_nodes, on_device, names=g.names)
+
+    def _price(self, on: np.ndarray, bw: float | None) -> Partition:
+        """Price a checked partition (1 Gbit/s when no bandwidth is known)."""
+        return self.planner.graph.evaluate(on, bw or 1e9, self.rtt_s)
+
+    # -- inference -----------------------------------------------------------------
 
     def decide(self) -> tuple[Partition, float | None, bool]:
         """The partition for the next request: (partition, bandwidth used, probed)."""
@@ -277,10 +512,13 @@ class Client:
             if bw is None and not self.server_down:
                 bw = self.probe()
                 probed = bw is not None
+        return self._decide_at(bw), bw, probed
+
+    def _decide_at(self, bw: float | None) -> Partition:
         if bw is None or self.server_down:
             on = device_only(self.graph.n_nodes)
-            return self.planner.graph.evaluate(on, bw or 1.0, self.rtt_s), bw, probed
-        return self.planner.decide(bw), bw, probed
+            return self.planner.graph.evaluate(on, bw or 1.0, self.rtt_s)
+        return self.planner.decide(bw)
 
     def infer(self, *inputs: Any) -> Any:
         """Run the model on ``inputs``, split at the current bandwidth.
@@ -307,13 +545,11 @@ class Client:
         ValueError
             If ``on_device`` is not a valid partition of the model's graph.
         """
-        g = self.graph
-        on = cost.check_partition(g.edges, g.n_nodes, on_device, names=g.names)
+        on = self._check_partition(on_device)
         with self._lock:
             t_start = time.perf_counter()
             bw = self.bandwidth_bps or self.estimator.estimate()
-            partition = self.planner.graph.evaluate(on, bw or 1e9, self.rtt_s)
-            return self._run(partition, bw, False, t_start, inputs)
+            return self._run(self._price(on, bw), bw, False, t_start, inputs)
 
     def _run(
         self,
@@ -328,60 +564,69 @@ class Client:
         with torch.inference_mode():
             t0 = time.perf_counter()
             if not partition.offloads:
-                out = self.model(*inputs)
+                out = self._device(lambda: self.model(*inputs))
                 t1 = time.perf_counter()
                 self.last = RequestRecord(
-                    partition, self.server_down, 0, bw, t1 - t0, 0.0, 0.0, t1 - t_start, probed
+                    partition=partition,
+                    fallback=self.server_down,
+                    bytes_sent=0,
+                    bandwidth_estimate_bps=bw,
+                    device_s=t1 - t0,
+                    transfer_s=0.0,
+                    server_s=0.0,
+                    total_s=t1 - t_start,
+                    probed=probed,
+                    done_s=t1,
                 )
                 return out
             head, tail = self._parts_for(partition.on_device)
-            sent = head(*inputs)
+            sent = self._device(lambda: head(*inputs))
             if self.server_down:
                 err = "server unreachable recently: not retried yet"
                 return self._local(tail, sent, partition, bw, probed, t_start, t0, err)
+            request_id = next(self._ids)
             try:
-                self._request_id += 1
-                parts, nbytes = M.encode_request(self._request_id, partition.on_device, sent)
+                parts, nbytes = M.encode_request(request_id, partition.on_device, sent)
             except (TypeError, ValueError) as e:  # e.g. a non-tensor value at the cut
                 return self._local(tail, sent, partition, bw, probed, t_start, t0, str(e))
             device_s = time.perf_counter() - t0
             try:
                 sock = self._connection()
-                if self.server_max_frame_bytes is not None and nbytes > self.server_max_frame_bytes:
-                    raise W.ProtocolError(
-                        W.ErrorCode.TOO_LARGE,
-                        f"request of {nbytes} bytes over the server's frame limit "
-                        f"({self.server_max_frame_bytes})",
-                    )
+                self._check_frame(nbytes, self.server_max_frame_bytes)
                 t1 = time.perf_counter()
                 frame_bytes = W.send_frame(sock, W.MsgType.INFER, parts)
                 kind, payload = W.recv_frame(sock, self.limits)
                 t2 = time.perf_counter()
-                if kind == W.MsgType.ERROR:
-                    raise M.decode_error(payload, self.limits)
-                if kind != W.MsgType.RESULT:
-                    raise W.ProtocolError(W.ErrorCode.UNKNOWN_TYPE, f"expected RESULT, got {kind}")
-                request_id, server_s, leaves = M.decode_result(payload, self.limits)
-                if request_id != self._request_id:
+                got_id, server_s, out = self._decode_result(kind, payload)
+                if got_id != request_id:
                     raise W.ProtocolError(W.ErrorCode.BAD_FRAME, "answer to another request")
-                out = self._restructure(leaves)
             except _NETWORK_ERRORS as e:
                 err = self._fail(e)
                 return self._local(tail, sent, partition, bw, probed, t_start, t0, err)
             transfer_s = max(t2 - t1 - server_s, 0.0)
             self._add_sample(frame_bytes + W.HEADER.size + len(payload), transfer_s)
+            t3 = time.perf_counter()
             self.last = RequestRecord(
-                partition,
-                False,
-                int(partition.bytes_sent),
-                bw,
-                device_s + time.perf_counter() - t2,
-                transfer_s,
-                server_s,
-                time.perf_counter() - t_start,
-                probed,
+                partition=partition,
+                fallback=False,
+                bytes_sent=int(partition.bytes_sent),
+                bandwidth_estimate_bps=bw,
+                device_s=device_s + t3 - t2,
+                transfer_s=transfer_s,
+                server_s=server_s,
+                total_s=t3 - t_start,
+                probed=probed,
+                done_s=t3,
             )
             return out
+
+    @staticmethod
+    def _check_frame(nbytes: int, limit: int | None) -> None:
+        if limit is not None and nbytes > limit:
+            raise W.ProtocolError(
+                W.ErrorCode.TOO_LARGE,
+                f"request of {nbytes} bytes over the server's frame limit ({limit})",
+            )
 
     def _local(
         self,
@@ -395,12 +640,34 @@ class Client:
         error: str,
     ) -> Any:
         """Fallback: run the tail on the device too."""
-        out = tail(sent)
+        out = self._device(lambda: tail(sent))
         t = time.perf_counter()
         self.last = RequestRecord(
-            partition, True, 0, bw, t - t0, 0.0, 0.0, t - t_start, probed, error
+            partition=partition,
+            fallback=True,
+            bytes_sent=0,
+            bandwidth_estimate_bps=bw,
+            device_s=t - t0,
+            transfer_s=0.0,
+            server_s=0.0,
+            total_s=t - t_start,
+            probed=probed,
+            error=error,
+            done_s=t,
         )
         return out
+
+    def _decode_result(self, kind: W.MsgType, payload: bytearray) -> tuple[int, float, Any]:
+        """A RESULT frame -> (request id, server seconds, the model's outputs)."""
+        import torch
+
+        if kind == W.MsgType.ERROR:
+            raise M.decode_error(payload, self.limits)
+        if kind != W.MsgType.RESULT:
+            raise W.ProtocolError(W.ErrorCode.UNKNOWN_TYPE, f"expected RESULT, got {kind}")
+        with torch.inference_mode():
+            request_id, server_s, leaves = M.decode_result(payload, self.limits)
+        return request_id, server_s, self._restructure(leaves)
 
     def _restructure(self, leaves: list[Any]) -> Any:
         from torch.utils import _pytree
@@ -411,3 +678,236 @@ class Client:
                 W.ErrorCode.BAD_FRAME, "server outputs differ from the model's in dtype or shape"
             )
         return _pytree.tree_unflatten(leaves, self._out_spec)
+
+    # -- streams -------------------------------------------------------------------
+
+    def stream(
+        self,
+        frames: Iterable[Any],
+        *,
+        on_device: Any = None,
+        max_in_flight: int = 2,
+    ) -> Generator[Any, None, None]:
+        """Run the model on a sequence of frames, device, link and server pipelined.
+
+        All frames go over one connection: while frame ``i`` is on the link or on
+        the server, the device already computes the head of frame ``i + 1`` (a
+        sender and a receiver thread do the network I/O). Outputs are yielded in
+        frame order, and after each one ``client.last`` is that frame's
+        :class:`RequestRecord` (``done_s`` gives the frame rate).
+
+        Each frame is decided on its own through the Planner at the current
+        bandwidth (``bandwidth_bps``, else the estimate, else the stream's last
+        one; one probe before the first frame when none is known), unless
+        ``on_device`` forces a partition; frames carry their partition, so
+        consecutive frames may be split differently. Frames sent while an earlier
+        one is unanswered give no bandwidth sample (their round trip includes the
+        wait behind it).
+
+        Falls back like :meth:`infer`: on any network failure every unanswered
+        frame is finished on the device from the tensors its head produced
+        (``fallback=True``), none is lost or answered twice, and later frames
+        reconnect once ``retry_s`` has passed. Every answer is the model's output.
+        Every wait is bounded by ``timeout_s`` without progress of the connection.
+
+        Parameters
+        ----------
+        frames : iterable
+            Each item a tensor or a tuple of the model's positional inputs; read
+            one at a time, as the device gets to it.
+        on_device : array-like of bool, optional
+            Force this partition for every frame (checked now).
+        max_in_flight : int
+            Most frames whose head has run and whose output is not yielded yet
+            (>= 1; 1 runs the frames one after another). A pipeline of device,
+            link and server keeps all three busy from 3 on.
+
+        Yields
+        ------
+        Any
+            ``model(*frame)`` for each frame, in order. Closing the generator early
+            (``close()``, or dropping it) drops the frames not yet yielded and
+            closes the connection if answers are still due.
+
+        Raises
+        ------
+        ValueError
+            An invalid ``on_device`` or ``max_in_flight`` (raised by this call,
+            before any frame is read).
+        """
+        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int):
+            raise TypeError("max_in_flight must be an int")
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
+        forced = None if on_device is None else self._check_partition(on_device)
+        return self._stream(iter(frames), forced, max_in_flight)
+
+    def _stream(
+        self, frames: Iterator[Any], forced: np.ndarray | None, max_in_flight: int
+    ) -> Generator[Any, None, None]:
+        pending: deque[_Job] = deque()
+        pipe: _Pipe | None = None
+        bw_last: float | None = None
+        last_done = -np.inf
+        probed = False
+        if (
+            forced is None
+            and self.bandwidth_bps is None
+            and self.estimator.estimate() is None
+            and not self.server_down
+        ):
+            probed = self.probe() is not None
+        try:
+            for frame in frames:
+                args = as_args(frame)
+                t_start = time.perf_counter()
+                if pipe is not None and pipe.error is not None:
+                    self._report(pipe)
+                bw = self.bandwidth_bps or self.estimator.estimate() or bw_last
+                bw_last = bw
+                if forced is None:
+                    partition = self._decide_at(bw)
+                else:
+                    partition = self._price(forced, bw)
+                job = _Job(partition, bw, probed, t_start)
+                probed = False
+                pipe = self._stream_head(job, args, pipe)
+                pending.append(job)
+                while pending and (pending[0].done.is_set() or len(pending) >= max_in_flight):
+                    out, last_done = self._stream_finish(pending.popleft(), last_done)
+                    yield out
+            while pending:
+                out, last_done = self._stream_finish(pending.popleft(), last_done)
+                yield out
+        finally:
+            if pipe is not None:
+                self._return_pipe(pipe)
+
+    def _stream_head(self, job: _Job, args: tuple[Any, ...], pipe: _Pipe | None) -> _Pipe | None:
+        """Run a frame's device part; queue its request on ``pipe`` (opened if needed).
+
+        Returns the pipe later frames use. A frame that is not sent is finished
+        here (``job.done`` set, ``job.record`` filled).
+        """
+        partition = job.partition
+        t0 = time.perf_counter()
+        if not partition.offloads:
+            job.out = self._device(lambda: self.model(*args))
+            self._stream_local(job, t0, None, fallback=self.server_down)
+            return pipe
+        head, job.tail = self._parts_for(partition.on_device)
+        job.sent = sent = self._device(lambda: head(*args))
+        if self.server_down:
+            self._stream_fallback(job, t0, "server unreachable recently: not retried yet")
+            return pipe
+        job.request_id = next(self._ids)
+        try:
+            job.parts, nbytes = M.encode_request(job.request_id, partition.on_device, sent)
+        except (TypeError, ValueError) as e:  # e.g. a non-tensor value at the cut
+            self._stream_fallback(job, t0, str(e))
+            return pipe
+        job.device_s = time.perf_counter() - t0
+        try:
+            if pipe is None or pipe.error is not None:
+                if pipe is not None:  # failed: its frames finish locally, it is closed
+                    self._return_pipe(pipe)
+                    pipe = None
+                pipe = self._open_pipe()
+            self._check_frame(nbytes, pipe.max_frame_bytes)
+        except _NETWORK_ERRORS as e:
+            # back off; a pipe already open keeps carrying the earlier frames
+            self._down_until = time.monotonic() + self.retry_s
+            job.parts = None
+            self._stream_fallback(job, t0, _describe(e))
+            return pipe
+        pipe.submit(job)
+        return pipe
+
+    def _stream_local(self, job: _Job, t0: float, error: str | None, *, fallback: bool) -> None:
+        t = time.perf_counter()
+        job.record = RequestRecord(
+            partition=job.partition,
+            fallback=fallback,
+            bytes_sent=0,
+            bandwidth_estimate_bps=job.bw,
+            device_s=t - t0,
+            transfer_s=0.0,
+            server_s=0.0,
+            total_s=t - job.t_start,
+            probed=job.probed,
+            error=error,
+            done_s=t,
+        )
+        job.sent = job.tail = None
+        job.done.set()
+
+    def _stream_fallback(self, job: _Job, t0: float, error: str) -> None:
+        """Finish an offloading frame on the device from its head's tensors."""
+        tail, sent = job.tail, job.sent
+        job.out = self._device(lambda: tail(sent))
+        self._stream_local(job, t0, error, fallback=True)
+
+    def _open_pipe(self) -> _Pipe:
+        """A pipe on the client's connection (taken over), or on a new one."""
+        with self._lock:
+            sock, limit = self._sock, self.server_max_frame_bytes
+            self._sock = None
+        if sock is None:
+            sock, limit = self._open()
+        return _Pipe(sock, limit, self.limits, self._decode_result)
+
+    def _return_pipe(self, pipe: _Pipe) -> None:
+        """End a stream's pipe; keep its connection for later requests if it is idle."""
+        sock = pipe.close(self.timeout_s)
+        if sock is None:
+            return
+        with self._lock:
+            if self._sock is None:
+                self._sock, self.server_max_frame_bytes = sock, pipe.max_frame_bytes
+                return
+        with contextlib.suppress(OSError):
+            sock.close()
+
+    def _report(self, pipe: _Pipe) -> None:
+        """Back off once after a pipe failed."""
+        if not pipe.reported:
+            pipe.reported = True
+            self._down_until = time.monotonic() + self.retry_s
+
+    def _stream_finish(self, job: _Job, last_done: float) -> tuple[Any, float]:
+        """Wait (bounded) for a frame's answer or finish it locally; set ``self.last``.
+
+        Returns the frame's output and its ``done_s``.
+        """
+        pipe = job.pipe
+        if job.record is None and pipe is not None:
+            while not job.done.wait(self.timeout_s):
+                if time.perf_counter() - pipe.last_progress >= self.timeout_s:
+                    pipe.fail(TimeoutError(f"stream stalled: no progress for {self.timeout_s} s"))
+            if job.error is not None:
+                self._report(pipe)
+                t0 = time.perf_counter() - job.device_s  # the head's time counts too
+                self._stream_fallback(job, t0, _describe(job.error))
+            else:
+                transfer_s = max(job.t_recv - job.t_send - job.server_s, 0.0)
+                if not job.overlapped:
+                    self._add_sample(job.frame_bytes + job.reply_bytes, transfer_s)
+                job.record = RequestRecord(
+                    partition=job.partition,
+                    fallback=False,
+                    bytes_sent=int(job.partition.bytes_sent),
+                    bandwidth_estimate_bps=job.bw,
+                    device_s=job.device_s,
+                    transfer_s=transfer_s,
+                    server_s=job.server_s,
+                    total_s=job.t_recv - job.t_start,
+                    probed=job.probed,
+                    done_s=job.t_recv,
+                )
+                job.sent = job.tail = None
+        record = job.record
+        assert record is not None
+        record.done_s = max(record.done_s, last_done)
+        self.last = record
+        out, job.out = job.out, None
+        return out, record.done_s

@@ -1,6 +1,7 @@
 """The server side of collaborative inference: run the tail of any partition.
 
-A :class:`Server` holds one model, traced at fixed input shapes.  Clients connect,
+A :class:`Server` holds one model, traced at fixed input shapes (it is given the
+traced graph, or traces the model once).  Clients connect,
 prove with a fingerprint that they hold the same model (architecture + weights),
 then send requests that carry a partition (which layers the device ran) and the
 boundary tensors; the server validates both, runs the partition's tail and sends the
@@ -25,10 +26,10 @@ import numpy as np
 
 from cic_fast.core import cost
 from cic_fast.frontend.cutting import build_parts, describe_boundary
-from cic_fast.frontend.tracing import LayerGraph, trace
+from cic_fast.frontend.tracing import LayerGraph, as_traced
 from cic_fast.runtime import messages as M
 from cic_fast.runtime import wire as W
-from cic_fast.runtime.fingerprint import model_fingerprint
+from cic_fast.runtime.fingerprint import traced_fingerprint
 
 if TYPE_CHECKING:
     import torch
@@ -52,10 +53,13 @@ class Server:
 
     Parameters
     ----------
-    model : torch.nn.Module
-        The model, in eval mode, with the weights the clients hold.
-    example_inputs : torch.Tensor or tuple
-        One forward call's arguments; fixes the shapes the server accepts.
+    model : LayerGraph or torch.nn.Module
+        The traced graph (``trace(model, example_inputs)``, with its program): its
+        shapes are the ones the server accepts, its program's weights (the
+        model's, shared) the ones it runs. Or the model, in eval mode, with
+        ``example_inputs`` (traced once here unless ``graph`` is given).
+    example_inputs : torch.Tensor or tuple, optional
+        One forward call's arguments; only with a model.
     host, port : str, int
         Address to listen on; port 0 picks a free port (see :attr:`address`).
     limits : protocol.Limits, optional
@@ -68,18 +72,25 @@ class Server:
         Socket timeout of each connection: an idle or stalled client is dropped
         after this long.
     graph : LayerGraph, optional
-        ``trace(model, example_inputs)`` if already computed.
+        With a model: ``trace(model, example_inputs)`` if already computed.
+
+    Raises
+    ------
+    TypeError, ValueError
+        See `cic_fast.frontend.tracing.as_traced` (e.g. a graph loaded from JSON,
+        which has no program); bad sizes or timeout.
 
     Examples
     --------
-    >>> with Server(model, x).start() as srv:  # doctest: +SKIP
+    >>> g = trace(model, x)  # doctest: +SKIP
+    >>> with Server(g, port=0).start() as srv:  # doctest: +SKIP
     ...     host, port = srv.address
     """
 
     def __init__(
         self,
-        model: torch.nn.Module,
-        example_inputs: Any,
+        model: torch.nn.Module | LayerGraph,
+        example_inputs: Any = None,
         *,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -91,9 +102,8 @@ class Server:
     ) -> None:
         if cache_size < 1 or max_clients < 1 or not timeout_s > 0:
             raise ValueError("cache_size and max_clients must be >= 1, timeout_s > 0")
-        self.model = model
-        self.graph = graph if graph is not None else trace(model, example_inputs)
-        self.fingerprint = model_fingerprint(model, self.graph)
+        self.model, self.graph, _ = as_traced(model, example_inputs, graph=graph)
+        self.fingerprint = traced_fingerprint(self.graph)
         self.limits = limits or W.Limits()
         self.cache_size = cache_size
         self.max_clients = max_clients
