@@ -203,6 +203,20 @@ def _same_state(old: list[tuple[Any, ...]], new: list[tuple[Any, ...]]) -> bool:
     return True
 
 
+def _plain(value: Any) -> Any:
+    """fx's immutable dicts and lists in a node's arguments as the dicts and lists the
+    generated code builds (a model's output structure)."""
+    from torch.fx.immutable_collections import immutable_dict, immutable_list
+
+    if isinstance(value, immutable_dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, immutable_list):
+        return [_plain(v) for v in value]
+    if type(value) is tuple:
+        return tuple(_plain(v) for v in value)
+    return value
+
+
 def _output_structure(value: Any) -> tuple[Any, tuple[Any, ...]]:
     """(pytree spec, per-leaf (dtype, shape) or None) of a model output."""
     import torch
@@ -746,7 +760,7 @@ def _build(gm: Any, args: tuple[Any, ...], method: str, in_spec: Any, out_spec: 
 
     program.fx_nodes = kept
     program.output_spec, program.output_meta = _output_structure(
-        program.restructure_outputs(fx.node.map_arg(out_node.args[0], lambda n: env[n]))
+        program.restructure_outputs(_plain(fx.node.map_arg(out_node.args[0], lambda n: env[n])))
     )
     program.mutates = {
         index[m]: tuple(sorted(vs, key=order.__getitem__))

@@ -331,6 +331,15 @@ class Client:
         device_runner: DeviceRunner | None = None,
     ) -> None:
         if address is None:
+            if (
+                isinstance(example_inputs, tuple)
+                and example_inputs[:1]
+                and (isinstance(example_inputs[0], str))
+            ):
+                raise TypeError(
+                    "the address is in example_inputs' place: with a LayerGraph, "
+                    "give address=(host, port)"
+                )
             raise TypeError("Client needs the server's address=(host, port)")
         if not timeout_s > 0:
             raise ValueError("timeout_s must be > 0")
