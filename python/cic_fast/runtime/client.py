@@ -806,6 +806,11 @@ class Client:
             return pipe
         head, job.tail = self._parts_for(partition.on_device)
         job.sent = sent = self._device(lambda: head(*args))
+        if pipe is not None and pipe.error is not None:
+            # failed: its frames finish locally; back off, and close it
+            self._report(pipe)
+            self._return_pipe(pipe)
+            pipe = None
         if self.server_down:
             self._stream_fallback(job, t0, "server unreachable recently: not retried yet")
             return pipe
@@ -817,10 +822,7 @@ class Client:
             return pipe
         job.device_s = time.perf_counter() - t0
         try:
-            if pipe is None or pipe.error is not None:
-                if pipe is not None:  # failed: its frames finish locally, it is closed
-                    self._return_pipe(pipe)
-                    pipe = None
+            if pipe is None:
                 pipe = self._open_pipe()
             self._check_frame(nbytes, pipe.max_frame_bytes)
         except _NETWORK_ERRORS as e:
