@@ -5,7 +5,7 @@ random mutation of a valid payload raises ProtocolError and nothing else
 (hypothesis).  Live tests: a Server on 127.0.0.1 port 0 receives malformed,
 truncated, oversized, unknown and hypothesis-generated frames over raw sockets; it
 answers with an ERROR frame or closes the connection, and a good client is still
-served afterwards.  Every socket has a timeout.
+served afterwards.  Every socket has a timeout.  The live tests are marked ``slow``.
 """
 
 from __future__ import annotations
@@ -257,6 +257,7 @@ def _all_server(graph) -> np.ndarray:
     return on
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("raw", "code"),
     [
@@ -276,6 +277,7 @@ def test_bad_first_frame_error_then_close(live, raw, code):
     _still_serving(live)
 
 
+@pytest.mark.slow
 def test_fingerprint_mismatch_error_frame(live):
     with _raw(live[3]) as s:
         W.send_frame(s, W.MsgType.HELLO, [M.encode_hello("0" * 64)])
@@ -284,6 +286,7 @@ def test_fingerprint_mismatch_error_frame(live):
     _still_serving(live)
 
 
+@pytest.mark.slow
 def test_request_errors_keep_the_connection(live):
     model, x, graph, srv = live
     head, _, _ = build_parts(graph, _all_server(graph))
@@ -333,6 +336,7 @@ def test_request_errors_keep_the_connection(live):
     _still_serving(live)
 
 
+@pytest.mark.slow
 def test_oversized_tensor_after_hello(live):
     srv = live[3]
     with _raw(srv) as s:
@@ -343,6 +347,7 @@ def test_oversized_tensor_after_hello(live):
     _still_serving(live)
 
 
+@pytest.mark.slow
 def test_truncated_frames_then_hangup(live):
     _, x, graph, srv = live
     head, _, _ = build_parts(graph, _all_server(graph))
@@ -358,6 +363,7 @@ def test_truncated_frames_then_hangup(live):
     _still_serving(live)
 
 
+@pytest.mark.slow
 def test_stalled_client_is_dropped(live):
     """A client that sends half a frame and waits is dropped after the server timeout."""
     srv = live[3]
@@ -369,6 +375,7 @@ def test_stalled_client_is_dropped(live):
         _expect_closed(s)
 
 
+@pytest.mark.slow
 @settings(
     max_examples=100,
     deadline=None,
@@ -398,6 +405,7 @@ def test_fuzzed_frames_leave_server_serving(live, after_hello, msg_type, body, c
     assert srv._accept_thread is not None and srv._accept_thread.is_alive()
 
 
+@pytest.mark.slow
 def test_server_alive_after_fuzz(live):
     _still_serving(live)
     assert live[3].stats["requests"] >= 1

@@ -8,6 +8,9 @@ so no test can hang.  Models are small (a two-branch CNN, resnet18 and googlenet
 The bandwidth test shapes the link with a user-space token bucket (a TCP proxy
 that forwards each chunk only after its serialization time at the chosen rate) and
 requires the client's estimate within 25 % of that rate.
+
+Every test that starts a server, a subprocess or a link is marked ``slow``
+(``pytest -m 'not slow'`` runs the others).
 """
 
 from __future__ import annotations
@@ -143,6 +146,7 @@ def closed_down(graph, seeds: np.ndarray) -> np.ndarray:
 # -- round trips -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_round_trip_forced_partitions_tiny(tiny):
     n = tiny.graph.n_nodes
     with tiny.server() as srv, tiny.client(srv.address) as cli:
@@ -167,6 +171,7 @@ def test_round_trip_forced_partitions_tiny(tiny):
         assert srv.stats["tails_built"] == built
 
 
+@pytest.mark.slow
 def test_tail_cache_is_lru(tiny):
     with tiny.server(cache_size=2) as srv, tiny.client(srv.address) as cli:
         a, b, c = tiny.prefix(2), tiny.prefix(3), tiny.prefix(4)
@@ -179,6 +184,7 @@ def test_tail_cache_is_lru(tiny):
         assert srv.stats["tails_built"] == 4
 
 
+@pytest.mark.slow
 def test_planner_decisions_resnet(resnet):
     """all-device at a slow link, all-server at a fast one, a middle cut in between."""
     with resnet.server() as srv, resnet.client(srv.address) as cli:
@@ -197,6 +203,7 @@ def test_planner_decisions_resnet(resnet):
         assert len(seen) >= 3, seen  # a middle cut too
 
 
+@pytest.mark.slow
 def test_multi_tensor_cuts_googlenet(googlenet):
     g = googlenet.graph
     rng = np.random.default_rng(0)
@@ -214,6 +221,7 @@ def test_multi_tensor_cuts_googlenet(googlenet):
         assert srv.stats["requests"] == len(cuts)
 
 
+@pytest.mark.slow
 def test_concurrent_clients(tiny):
     n = tiny.graph.n_nodes
     errors: list[BaseException] = []
@@ -240,6 +248,7 @@ def test_concurrent_clients(tiny):
         assert srv.stats["connections"] >= 6
 
 
+@pytest.mark.slow
 def test_max_clients_busy_then_fallback(tiny):
     with tiny.server(max_clients=1) as srv:
         from cic_fast.runtime import messages as M
@@ -277,6 +286,7 @@ def test_connection_refused_falls_back(tiny):
         assert cli.last.fallback and cli.last.partition.on_device.all()
 
 
+@pytest.mark.slow
 def test_server_killed_mid_session_falls_back(tiny):
     srv = tiny.server()
     cli = tiny.client(srv.address, bandwidth_bps=1e10, retry_s=0.0)
@@ -292,6 +302,7 @@ def test_server_killed_mid_session_falls_back(tiny):
         srv.close()
 
 
+@pytest.mark.slow
 def test_server_silent_times_out_and_falls_back(tiny):
     """A server that accepts and never answers: the client's timeout bounds the wait."""
     lsock = socket.create_server(("127.0.0.1", 0))
@@ -306,6 +317,7 @@ def test_server_silent_times_out_and_falls_back(tiny):
         lsock.close()
 
 
+@pytest.mark.slow
 def test_fingerprint_mismatch_refused_and_served_locally(tiny):
     other = TwoBranch().eval()
     with torch.no_grad():
@@ -335,6 +347,7 @@ def test_fingerprint_mismatch_refused_and_served_locally(tiny):
             assert good.last is not None and not good.last.fallback
 
 
+@pytest.mark.slow
 def test_error_frame_falls_back(tiny):
     """A server that answers a request with an error frame: the device computes."""
     from cic_fast.runtime import wire as W
@@ -352,6 +365,7 @@ def test_error_frame_falls_back(tiny):
         assert srv.stats["errors"] == 2
 
 
+@pytest.mark.slow
 def test_request_over_server_frame_limit_served_locally(tiny):
     from cic_fast.runtime import wire as W
 
@@ -379,6 +393,7 @@ def test_estimator_median_window_and_age():
     assert len(est) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rate_mbit", [1.0, 4.0])
 def test_bandwidth_estimate_converges_on_shaped_link(resnet, rate_mbit):
     """Estimate within 25 % of a token-bucket link's rate after a few requests.
@@ -419,6 +434,7 @@ def _serve_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "cic_fast", "serve", *args]
 
 
+@pytest.mark.slow
 def test_cli_serve_subprocess_and_kill(tmp_path):
     """``cic-fast serve`` as a process; SIGKILL mid-session -> the client falls back."""
     torch.manual_seed(1)
