@@ -741,8 +741,11 @@ class Client:
         Raises
         ------
         ValueError
-            An invalid ``on_device`` or ``max_in_flight`` (raised by this call,
-            before any frame is read).
+            An invalid ``on_device``, or ``max_in_flight`` < 1 (raised by this
+            call, before any frame is read).
+        TypeError
+            ``max_in_flight`` not an int; a frame that is neither a tensor nor a
+            tuple (raised when it is read).
         """
         if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int):
             raise TypeError("max_in_flight must be an int")
