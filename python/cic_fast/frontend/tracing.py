@@ -40,11 +40,13 @@ if TYPE_CHECKING:
     from torch import fx
 
 __all__ = [
+    "SHORT_DTYPES",
     "LayerGraph",
     "TraceError",
     "TracedProgram",
     "as_args",
     "as_traced",
+    "dtype_of_label",
     "fetch_attr",
     "placeholder_value",
     "require_program",
@@ -584,14 +586,24 @@ def tensor_bytes(value: Any) -> int:
     return sum(t.numel() * t.element_size() for t in _leaves(value) if isinstance(t, torch.Tensor))
 
 
+#: The dtype labels of :attr:`LayerGraph.shapes`: torch dtype name -> label (other
+#: dtypes are labelled with their torch name, e.g. ``uint8[1,3,224,224]``).
+SHORT_DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "int64": "i64"}
+_LONG_DTYPES = {v: k for k, v in SHORT_DTYPES.items()}
+
+
+def dtype_of_label(label: str) -> str:
+    """The torch dtype name (``"float32"``) of a :attr:`LayerGraph.shapes` label (``"f32"``)."""
+    return _LONG_DTYPES.get(label, label)
+
+
 def _describe(value: Any) -> str:
     import torch
 
-    short = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.int64: "i64"}
-
     def one(v: Any) -> str:
         if isinstance(v, torch.Tensor):
-            dt = short.get(v.dtype, str(v.dtype).removeprefix("torch."))
+            name = str(v.dtype).removeprefix("torch.")
+            dt = SHORT_DTYPES.get(name, name)
             return f"{dt}[{','.join(str(s) for s in v.shape)}]"
         if v is None:
             return "None"

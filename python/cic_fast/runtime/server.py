@@ -26,7 +26,7 @@ import numpy as np
 
 from cic_fast.core import cost
 from cic_fast.frontend.cutting import build_parts, describe_boundary
-from cic_fast.frontend.tracing import LayerGraph, as_traced
+from cic_fast.frontend.tracing import LayerGraph, as_traced, dtype_of_label
 from cic_fast.runtime import messages as M
 from cic_fast.runtime import wire as W
 from cic_fast.runtime.fingerprint import traced_fingerprint
@@ -35,9 +35,6 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["Server"]
-
-# the short dtype names of LayerGraph.shapes
-_SHORT = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "i64": "int64"}
 
 
 class _Tail:
@@ -211,7 +208,7 @@ class Server:
                 return tail
             _, module, boundary = build_parts(self.graph, on)
             expected = {
-                b.name: (_SHORT.get(b.dtype or "", b.dtype), b.shape)
+                b.name: (None if b.dtype is None else dtype_of_label(b.dtype), b.shape)
                 for b in describe_boundary(self.graph, boundary)
             }
             tail = _Tail(module, expected)
