@@ -5,13 +5,18 @@
 - `fingerprint`: the model identity both sides compare;
 - `estimator`: the client's bandwidth estimate from its own transfers;
 - `server`: `Server`, the tails of any partition over TCP;
-- `client`: `Client`, per-request decisions through the Planner, local fallback.
+- `client`: `Client`, per-request decisions through the Planner, local fallback,
+  pipelined streams (`Client.stream`) and a hook for the device's computations.
+
+Both sides take the traced `LayerGraph` (and the Client the `Planner`) that the front
+end produced: nothing is traced or planned again, and the model fingerprint is
+computed once per traced graph.
 
 See docs/protocol.md.
 """
 
-from cic_fast.runtime.client import Client, RequestRecord
+from cic_fast.runtime.client import Client, DeviceRunner, RequestRecord
 from cic_fast.runtime.estimator import BandwidthEstimator
 from cic_fast.runtime.server import Server
 
-__all__ = ["BandwidthEstimator", "Client", "RequestRecord", "Server"]
+__all__ = ["BandwidthEstimator", "Client", "DeviceRunner", "RequestRecord", "Server"]
