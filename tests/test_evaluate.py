@@ -129,6 +129,41 @@ def test_token_bucket_rate_and_delay():
         t.join(5)
 
 
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "mid-transfer"])
+def test_token_bucket_close_wakes_its_threads(busy):
+    # Regression: close() used to close the sockets without shutting them down, so
+    # a pump blocked in recv stayed blocked until its socket timeout (30 s here), and
+    # close() waited 2 s per thread. Now it must return well inside one second (a
+    # generous margin for a loaded machine: the wake-up itself takes milliseconds)
+    # and leave no proxy thread alive, for an idle open connection and for one whose
+    # writer waits to forward a chunk due seconds from now (64 KB at 64 kbit/s).
+    lsock, t = _echo_server()
+    try:
+        link = TokenBucketLink(lsock.getsockname(), 64e3 if busy else 50e6, timeout_s=30)
+        with socket.create_connection(link.address, timeout=5) as s:
+            if busy:
+                s.sendall(bytes(65536))
+                time.sleep(0.3)  # the first chunk is read and queued, due in ~2 s
+            else:  # connected upstream, then idle
+                s.sendall(b"ping")
+                assert s.recv(4) == b"ping"
+            assert len(link.threads) == 5  # accept, and a reader + writer each way
+            t0 = time.perf_counter()
+            link.close()
+            dt = time.perf_counter() - t0
+            alive = [th.name for th in link.threads if th.is_alive()]
+            assert dt < 1.0, dt
+            assert not alive, alive
+            # the device side sees the link go down instead of hanging
+            s.settimeout(2)
+            with contextlib.suppress(ConnectionResetError):
+                while s.recv(65536):
+                    pass
+    finally:
+        lsock.close()
+        t.join(5)
+
+
 def test_token_bucket_rejects_bad_arguments():
     with pytest.raises(ValueError):
         TokenBucketLink(("127.0.0.1", 1), 0.0)
