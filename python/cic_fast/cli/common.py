@@ -22,6 +22,7 @@ __all__ = [
     "add_model_args",
     "add_profile_args",
     "add_rtt_arg",
+    "device_only_s",
     "example_inputs",
     "fixed_latencies_s",
     "fmt_bps",
@@ -111,6 +112,15 @@ def trace_model(model: Any, inputs: tuple[Any, ...]) -> Any:
     except TraceError as e:
         # the CLI reports ValueErrors as clean one-line errors
         raise ValueError(str(e)) from None
+
+
+def device_only_s(graph: Graph) -> float:
+    """Device-only latency, priced by the cost model (`Graph.evaluate`).
+
+    Nothing is sent and no round trip is paid, so the bandwidth it is priced at
+    (1 bit/s here) does not matter.
+    """
+    return graph.evaluate(baselines.device_only(graph.n_nodes), 1.0).latency_s
 
 
 def fixed_latencies_s(graph: Graph, bandwidth_bps: float, rtt_s: float) -> tuple[float, float]:

@@ -6,7 +6,13 @@ import argparse
 import time
 from typing import Any
 
-from cic_fast.cli.common import add_rtt_arg, fixed_latencies_s, fmt_bytes, rtt_seconds
+from cic_fast.cli.common import (
+    add_rtt_arg,
+    device_only_s,
+    fixed_latencies_s,
+    fmt_bytes,
+    rtt_seconds,
+)
 from cic_fast.core.graph import Graph
 from cic_fast.core.planner import Planner
 from cic_fast.core.synthetic import KINDS, dnn_graph
@@ -60,11 +66,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     )
     graph = Graph(g.edges, g.device_s, g.server_s, g.out_bytes)
     rtt_s = rtt_seconds(args)
-    # device-only sends nothing: any bandwidth prices it the same
-    device_only, _ = fixed_latencies_s(graph, 1.0, rtt_s)
     print(
         f"{g.name}: {graph.n_nodes} layers, {graph.n_edges} edges; device-only "
-        f"{1e3 * device_only:.1f} ms, server {args.server_speedup:g}x faster, "
+        f"{1e3 * device_only_s(graph):.1f} ms, server {args.server_speedup:g}x faster, "
         f"rtt {args.rtt_ms:g} ms"
     )
     t0 = time.perf_counter()

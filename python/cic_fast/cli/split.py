@@ -9,8 +9,8 @@ from cic_fast.cli.common import (
     add_model_args,
     add_profile_args,
     add_rtt_arg,
+    device_only_s,
     example_inputs,
-    fixed_latencies_s,
     load_profiles,
     parse_bandwidth,
     rtt_seconds,
@@ -65,8 +65,7 @@ def _run_split(args: argparse.Namespace) -> int:
     )
     print(f"{args.model}: {graph.n_nodes} nodes")
     print(s.summary())
-    costs = Graph(graph.edges, dev.seconds, srv.seconds, graph.out_bytes)
-    all_dev, _ = fixed_latencies_s(costs, bandwidth, rtt_seconds(args))
+    all_dev = device_only_s(Graph(graph.edges, dev.seconds, srv.seconds, graph.out_bytes))
     print(f"device only would take {all_dev * 1e3:.3f} ms (predicted)")
     if args.check:
         with torch.no_grad():
