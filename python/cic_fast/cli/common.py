@@ -3,9 +3,9 @@
 Every command takes its shared options from here (`add_model_args`,
 `add_profile_args`, `add_rtt_arg`), formats sizes and rates with the one
 `fmt_bytes` and the one `fmt_bps`, and prices the fixed placements it compares
-against with `fixed_latencies_s`, which goes through the cost model
-(`cic_fast.core.baselines` and `Graph.evaluate`) like every other price. torch
-is imported only when a loader runs.
+against with `device_only_s` and `fixed_latencies_s`, which go through the cost
+model (`cic_fast.core.baselines` and `Graph.evaluate`) like every other price.
+torch is imported only when a loader runs.
 """
 
 from __future__ import annotations
