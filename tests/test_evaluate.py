@@ -24,7 +24,7 @@ import pytest
 from cic_fast.core.baselines import Neurosurgeon
 from cic_fast.core.graph import Graph
 from cic_fast.core.synthetic import dnn_graph
-from cic_fast.evaluation.device import CpuQuota, cgroup_available
+from cic_fast.evaluation.device import CpuQuota, Slowed, cgroup_available
 from cic_fast.evaluation.link import NetnsLink, TokenBucketLink, netns_available, tbf_args
 from cic_fast.evaluation.report import METHODS, EvalRow, MethodResult, format_table
 
@@ -171,6 +171,21 @@ def test_token_bucket_rejects_bad_arguments():
         tbf_args(-1)
 
 
+# -- the sleep-scaled device ----------------------------------------------------------------
+
+
+def test_slowed_scales_each_call():
+    # The fallback slow device: a call of duration d returns after F * d (a sleep
+    # never ends early, so the lower bound is hard), and passes values through.
+    slow = Slowed(lambda x: time.sleep(0.05) or x + 1, 3.0)
+    t0 = time.perf_counter()
+    assert slow(1) == 2
+    dt = time.perf_counter() - t0
+    assert 0.15 <= dt < 0.15 + 0.5, dt  # upper: a generous margin for a loaded machine
+    t0 = time.perf_counter()
+    assert Slowed(lambda: 7, 1.0)() == 7 and time.perf_counter() - t0 < 0.5
+
+
 # -- root-only emulation: skipped where not allowed ---------------------------------------------
 
 
@@ -253,13 +268,16 @@ def test_netns_link_shapes_and_cleans_up():
 
 # Measured over predicted latency, for every method (see the end-to-end test). On a
 # quiet machine it is 1.4..1.6: the cost model leaves out Python and serialisation
-# overheads and the result's way back over the same shaped link. With a CPU hog on
-# one of the two cores (and other work on the machine) it reached 3.3: the sleep
-# slowdown scales the slower compute too. 0.7..5 leaves room for that and for a
-# profile taken under load (which over-predicts), and still fails where the device
-# is not slowed (~0.5 at F = 3) or a request stalls ~40 ms (a Nagle / delayed-ACK
-# wait: ~5.5x on the 10 ms server-only request at 50 Mbit/s).
-MEASURED_OVER_PREDICTED = (0.7, 5.0)
+# overheads and the result's way back over the same shaped link. Load on the shared
+# 2-core machine moves it both ways, because the profile (one sample per layer) and
+# the requests run at different times: a CPU hog during the requests took it to 3.3,
+# and a test suite running during the profile only to 0.49 (the profile predicted
+# 2.4x the quiet time). 0.25..5 holds in both cases; it still fails on gross errors
+# (a time in the wrong unit, a profile scaled twice, a ~40 ms stall per request,
+# ~5.5x on the 10 ms server-only request at 50 Mbit/s), but it cannot tell a 2x
+# modelling error from load: the link's hard bounds below, and
+# test_slowed_scales_each_call for the device, are the sharp checks.
+MEASURED_OVER_PREDICTED = (0.25, 5.0)
 # A stream of pipelined frames finishes a frame every max(stage) seconds, which is
 # below one sequential request (0.25..0.6x of it here, quiet or loaded): slower than
 # sequential requests by more than this factor means the pipeline or its clock is
