@@ -24,7 +24,7 @@ import pytest
 from cic_fast.core.baselines import Neurosurgeon
 from cic_fast.core.graph import Graph
 from cic_fast.core.synthetic import dnn_graph
-from cic_fast.evaluation.device import CpuQuota, cgroup_available
+from cic_fast.evaluation.device import CpuQuota, Slowed, cgroup_available
 from cic_fast.evaluation.link import NetnsLink, TokenBucketLink, netns_available, tbf_args
 from cic_fast.evaluation.report import METHODS, EvalRow, MethodResult, format_table
 
@@ -129,6 +129,41 @@ def test_token_bucket_rate_and_delay():
         t.join(5)
 
 
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "mid-transfer"])
+def test_token_bucket_close_wakes_its_threads(busy):
+    # Regression: close() used to close the sockets without shutting them down, so
+    # a pump blocked in recv stayed blocked until its socket timeout (30 s here), and
+    # close() waited 2 s per thread. Now it must return well inside one second (a
+    # generous margin for a loaded machine: the wake-up itself takes milliseconds)
+    # and leave no proxy thread alive, for an idle open connection and for one whose
+    # writer waits to forward a chunk due seconds from now (64 KB at 64 kbit/s).
+    lsock, t = _echo_server()
+    try:
+        link = TokenBucketLink(lsock.getsockname(), 64e3 if busy else 50e6, timeout_s=30)
+        with socket.create_connection(link.address, timeout=5) as s:
+            if busy:
+                s.sendall(bytes(65536))
+                time.sleep(0.3)  # the first chunk is read and queued, due in ~2 s
+            else:  # connected upstream, then idle
+                s.sendall(b"ping")
+                assert s.recv(4) == b"ping"
+            assert len(link.threads) == 5  # accept, and a reader + writer each way
+            t0 = time.perf_counter()
+            link.close()
+            dt = time.perf_counter() - t0
+            alive = [th.name for th in link.threads if th.is_alive()]
+            assert dt < 1.0, dt
+            assert not alive, alive
+            # the device side sees the link go down instead of hanging
+            s.settimeout(2)
+            with contextlib.suppress(ConnectionResetError):
+                while s.recv(65536):
+                    pass
+    finally:
+        lsock.close()
+        t.join(5)
+
+
 def test_token_bucket_rejects_bad_arguments():
     with pytest.raises(ValueError):
         TokenBucketLink(("127.0.0.1", 1), 0.0)
@@ -136,9 +171,25 @@ def test_token_bucket_rejects_bad_arguments():
         tbf_args(-1)
 
 
+# -- the sleep-scaled device ----------------------------------------------------------------
+
+
+def test_slowed_scales_each_call():
+    # The fallback slow device: a call of duration d returns after F * d (a sleep
+    # never ends early, so the lower bound is hard), and passes values through.
+    slow = Slowed(lambda x: time.sleep(0.05) or x + 1, 3.0)
+    t0 = time.perf_counter()
+    assert slow(1) == 2
+    dt = time.perf_counter() - t0
+    assert 0.15 <= dt < 0.15 + 0.5, dt  # upper: a generous margin for a loaded machine
+    t0 = time.perf_counter()
+    assert Slowed(lambda: 7, 1.0)() == 7 and time.perf_counter() - t0 < 0.5
+
+
 # -- root-only emulation: skipped where not allowed ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_cpu_quota_slows_a_process():
     why = cgroup_available()
     if why:
@@ -168,6 +219,7 @@ def test_cpu_quota_slows_a_process():
     assert not q.path.exists()
 
 
+@pytest.mark.slow
 def test_netns_link_shapes_and_cleans_up():
     why = netns_available()
     if why:
@@ -214,10 +266,37 @@ def test_netns_link_shapes_and_cleans_up():
 # -- end to end -------------------------------------------------------------------------------
 
 
+# Measured over predicted latency, for every method (see the end-to-end test). On a
+# quiet machine it is 1.4..1.6: the cost model leaves out Python and serialisation
+# overheads and the result's way back over the same shaped link. Load on the shared
+# 2-core machine moves it both ways, because the profile (one sample per layer) and
+# the requests run at different times: a CPU hog during the requests took it to 3.3,
+# and a test suite running during the profile only to 0.49 (the profile predicted
+# 2.4x the quiet time). 0.25..5 holds in both cases; it still fails on gross errors
+# (a time in the wrong unit, a profile scaled twice, a ~40 ms stall per request,
+# ~5.5x on the 10 ms server-only request at 50 Mbit/s), but it cannot tell a 2x
+# modelling error from load: the link's hard bounds below, and
+# test_slowed_scales_each_call for the device, are the sharp checks.
+MEASURED_OVER_PREDICTED = (0.25, 5.0)
+# A stream of pipelined frames finishes a frame every max(stage) seconds, which is
+# below one sequential request (0.25..0.6x of it here, quiet or loaded): slower than
+# sequential requests by more than this factor means the pipeline or its clock is
+# broken.
+STREAM_SLOWER_THAN_SEQUENTIAL = 1.5
+# The token bucket serialises every frame at the rate, so a stream cannot beat
+# rate / (8 * bytes_sent) frames/s. It is timed between two completions, so jitter
+# in the server and the return leg (a few ms under load: 1.12x of the bound was
+# seen at 2 Mbit/s) can shorten that one gap; 25% covers it. An unshaped link (5x
+# and more here) or a frame count off by one (2x) fails.
+STREAM_OVER_LINK_BOUND = 1.25
+
+
+@pytest.mark.slow
 def test_evaluate_end_to_end_userspace(tmp_path):
     pytest.importorskip("torchvision")
     from cic_fast.evaluation import evaluate, plot_latency
 
+    rtt_s = 0.002
     rows = evaluate(
         ["resnet18"],
         [2e6, 50e6],
@@ -226,7 +305,7 @@ def test_evaluate_end_to_end_userspace(tmp_path):
         requests=2,
         stream_frames=2,
         input_size=32,
-        rtt_s=0.002,
+        rtt_s=rtt_s,
         link="userspace",
         slowdown_method="sleep",
         profile_repeats=1,
@@ -234,20 +313,43 @@ def test_evaluate_end_to_end_userspace(tmp_path):
         log=lambda s: None,
     )
     assert [r.rate_bps for r in rows] == [2e6, 50e6]
+    lo, hi = MEASURED_OVER_PREDICTED
     for row in rows:
+        bw = row.rate_bps
         assert set(row.methods) == set(METHODS)
         for m in row.methods.values():
-            assert m.measured and m.fallbacks == 0
-            assert len(m.latency_s) == 2 and all(x > 0 for x in m.latency_s)
-            assert m.fps > 0
+            assert m.measured and m.fallbacks == 0 and len(m.latency_s) == 2
+            where = (m.method, bw, m.latency_s, m.predicted_s)
+            assert all(lo * m.predicted_s <= x <= hi * m.predicted_s for x in m.latency_s), where
+            # physics of the shaped link: what is sent takes 8 * bytes / rate, plus rtt
+            if m.n_on_device < m.n_nodes:
+                assert min(m.latency_s) >= 8 * m.bytes_sent / bw + rtt_s, where
+            if m.n_on_device == m.n_nodes:  # one stage: the stream is requests back to back
+                assert m.fps == pytest.approx(len(m.latency_s) / sum(m.latency_s))
+            else:
+                assert m.fps >= 1 / (STREAM_SLOWER_THAN_SEQUENTIAL * m.median_s), (where, m.fps)
+                assert m.fps <= STREAM_OVER_LINK_BOUND * bw / (8 * m.bytes_sent), (where, m.fps)
         cic, dads = row.methods["cic"], row.methods["dads"]
         # both exact: the same predicted optimum, and nothing predicts lower
         assert cic.predicted_s == pytest.approx(dads.predicted_s, rel=1e-9)
         assert all(m.predicted_s >= cic.predicted_s * (1 - 1e-9) for m in row.methods.values())
-        assert row.methods["device-only"].decision_s == 0.0
-        assert cic.decision_s > 0 and row.latency_speedup() > 0
+        # fixed placements decide nothing; the plan's binary search beats a full min-cut
+        # (~0.3 us against ~20 us on resnet18's 71 layers: 3x is a wide margin)
+        assert row.methods["device-only"].decision_s == row.methods["server-only"].decision_s == 0
+        assert 0 < cic.decision_s < dads.decision_s / 3, (cic.decision_s, dads.decision_s)
+        assert row.methods["neurosurgeon"].decision_s > 0
+        # the reported speedups are the measured numbers' ratios
+        med = {k: float(np.median(m.latency_s)) for k, m in row.methods.items()}
+        assert row.latency_speedup() == pytest.approx(
+            min(med["device-only"], med["server-only"]) / med["cic"], rel=1e-12
+        )
+        fps = {k: m.fps for k, m in row.methods.items()}
+        assert row.throughput_speedup() == pytest.approx(
+            fps["cic"] / max(fps["device-only"], fps["server-only"]), rel=1e-12
+        )
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["meta"]["link"] == "userspace" and len(saved["rows"]) == 2
+    assert saved["rows"][0]["cic_latency_speedup"] == pytest.approx(rows[0].latency_speedup())
     assert (tmp_path / "resnet18" / "device_profile.json").exists()
     why = plot_latency(rows, tmp_path / "p.png")
     if why is None:

@@ -1,5 +1,10 @@
-"""What every ``cic-fast`` command shares: model and profile options, loaders, formats.
+"""What every ``cic-fast`` command shares: options, loaders, parsers, formats, baselines.
 
+Every command takes its shared options from here (`add_model_args`,
+`add_profile_args`, `add_rtt_arg`), formats sizes and rates with the one
+`fmt_bytes` and the one `fmt_bps`, and prices the fixed placements it compares
+against with `device_only_s` and `fixed_latencies_s`, which go through the cost
+model (`cic_fast.core.baselines` and `Graph.evaluate`) like every other price.
 torch is imported only when a loader runs.
 """
 
@@ -10,15 +15,23 @@ import math
 import re
 from typing import Any
 
+from cic_fast.core import baselines
+from cic_fast.core.graph import Graph
+
 __all__ = [
     "add_model_args",
     "add_profile_args",
+    "add_rtt_arg",
+    "device_only_s",
     "example_inputs",
+    "fixed_latencies_s",
     "fmt_bps",
     "fmt_bytes",
     "load_profiles",
     "parse_bandwidth",
+    "parse_csv",
     "parse_shape",
+    "rtt_seconds",
     "trace_model",
 ]
 
@@ -53,6 +66,16 @@ def add_profile_args(p: argparse.ArgumentParser, *, device_required: bool) -> No
         default=10.0,
         help="without --server: server is this many times faster (default 10)",
     )
+
+
+def add_rtt_arg(p: argparse.ArgumentParser, text: str = "round trip time, ms (default 0)") -> None:
+    """--rtt-ms, in milliseconds on the command line (`rtt_seconds` reads it); ``text``: help."""
+    p.add_argument("--rtt-ms", type=float, default=0.0, help=text)
+
+
+def rtt_seconds(args: argparse.Namespace) -> float:
+    """The round trip of `add_rtt_arg`, in seconds."""
+    return float(args.rtt_ms) / 1e3
 
 
 def load_profiles(args: argparse.Namespace, graph: Any) -> tuple[Any, Any]:
@@ -91,6 +114,34 @@ def trace_model(model: Any, inputs: tuple[Any, ...]) -> Any:
         raise ValueError(str(e)) from None
 
 
+def device_only_s(graph: Graph) -> float:
+    """Device-only latency, priced by the cost model (`Graph.evaluate`).
+
+    Nothing is sent and no round trip is paid, so the bandwidth it is priced at
+    (1 bit/s here) does not matter.
+    """
+    return graph.evaluate(baselines.device_only(graph.n_nodes), 1.0).latency_s
+
+
+def fixed_latencies_s(graph: Graph, bandwidth_bps: float, rtt_s: float) -> tuple[float, float]:
+    """Device-only and server-only latency at one bandwidth, priced by the cost model.
+
+    The placements are `cic_fast.core.baselines.device_only` / `server_only` (the
+    raw input sent) and the price is `Graph.evaluate`, the same formula as the
+    optimum they are compared with. Device-only sends nothing and pays no round
+    trip, so its latency is the same at every bandwidth.
+
+    Raises
+    ------
+    ValueError
+        If ``bandwidth_bps`` is not finite and > 0, or ``rtt_s`` is negative.
+    """
+    n = graph.n_nodes
+    device = graph.evaluate(baselines.device_only(n), bandwidth_bps, rtt_s).latency_s
+    server = graph.evaluate(baselines.server_only(graph.edges, n), bandwidth_bps, rtt_s).latency_s
+    return device, server
+
+
 def fmt_bps(b: float) -> str:
     """A bandwidth for a table: ``12.5 Mbit/s``."""
     if b == 0.0:
@@ -109,6 +160,11 @@ def fmt_bytes(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.3g} {unit}"
     return f"{n:.0f} B"
+
+
+def parse_csv(text: str) -> list[str]:
+    """Split ``"a, b,,c"`` into ``["a", "b", "c"]`` (empty items dropped)."""
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

@@ -6,9 +6,13 @@ import argparse
 import time
 from typing import Any
 
-import numpy as np
-
-from cic_fast.cli.common import fmt_bytes
+from cic_fast.cli.common import (
+    add_rtt_arg,
+    device_only_s,
+    fixed_latencies_s,
+    fmt_bytes,
+    rtt_seconds,
+)
 from cic_fast.core.graph import Graph
 from cic_fast.core.planner import Planner
 from cic_fast.core.synthetic import KINDS, dnn_graph
@@ -40,7 +44,7 @@ def add_demo_parser(sub: Any) -> argparse.ArgumentParser:
         default=50.0,
         help="server speed over the device (default 50: a GPU server)",
     )
-    demo.add_argument("--rtt-ms", type=float, default=0.0, help="round-trip time in ms")
+    add_rtt_arg(demo, "round-trip time in ms")
     demo.add_argument(
         "--bandwidth-mbit",
         type=float,
@@ -61,10 +65,10 @@ def _run_demo(args: argparse.Namespace) -> int:
         server_speedup=args.server_speedup,
     )
     graph = Graph(g.edges, g.device_s, g.server_s, g.out_bytes)
-    rtt_s = args.rtt_ms / 1e3
+    rtt_s = rtt_seconds(args)
     print(
         f"{g.name}: {graph.n_nodes} layers, {graph.n_edges} edges; device-only "
-        f"{1e3 * float(g.device_s.sum()):.1f} ms, server {args.server_speedup:g}x faster, "
+        f"{1e3 * device_only_s(graph):.1f} ms, server {args.server_speedup:g}x faster, "
         f"rtt {args.rtt_ms:g} ms"
     )
     t0 = time.perf_counter()
@@ -74,9 +78,6 @@ def _run_demo(args: argparse.Namespace) -> int:
         f"splitting model: {planner.stats['compressed_nodes']} nodes after compression, "
         f"{planner.stats['K']} partitions cover every bandwidth, built in {build_ms:.2f} ms"
     )
-    inputs = graph.inputs
-    all_server = np.zeros(graph.n_nodes, dtype=bool)
-    all_server[inputs] = True
     header = (
         f"{'Mbit/s':>8} {'on device':>10} {'sent':>10} {'latency ms':>11} "
         f"{'device-only':>12} {'server-only':>12} {'speedup':>8} {'min-cut us':>11} "
@@ -94,8 +95,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         plan_us = (time.perf_counter() - t0) * 1e6
         if abs(q.latency_s - p.latency_s) > 1e-9 * p.latency_s:
             raise RuntimeError(f"plan and min-cut disagree at {mbit} Mbit/s: {q} vs {p}")
-        device_only = graph.evaluate(np.ones(graph.n_nodes, dtype=bool), bw, rtt_s).latency_s
-        server_only = graph.evaluate(all_server, bw, rtt_s).latency_s
+        device_only, server_only = fixed_latencies_s(graph, bw, rtt_s)
         best_single = min(device_only, server_only)
         print(
             f"{mbit:>8g} {p.n_on_device:>6}/{graph.n_nodes:<3} "

@@ -11,11 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cic_fast.cli.common import add_rtt_arg, parse_csv, rtt_seconds
+
 __all__ = ["add_evaluate_parser"]
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -32,14 +30,14 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--models",
-        type=_csv,
+        type=parse_csv,
         default=["resnet18", "googlenet", "mobilenet_v3_large", "vgg16"],
         help="comma-separated torchvision names or specs (default: "
         "resnet18,googlenet,mobilenet_v3_large,vgg16)",
     )
     p.add_argument(
         "--rates",
-        type=_csv,
+        type=parse_csv,
         default=["0.13", "1.1", "5.85", "18.88", "100"],
         help="comma-separated link rates in Mbit/s (default: DADS's 0.13,1.1,5.85,18.88 and 100)",
     )
@@ -62,7 +60,7 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--stream-frames", type=int, default=4, help="frames of the throughput stream (default 4)"
     )
     p.add_argument("--input-size", type=int, default=224, help="input height/width (default 224)")
-    p.add_argument("--rtt-ms", type=float, default=0.0, help="extra round trip, ms (default 0)")
+    add_rtt_arg(p, "extra round trip, ms (default 0)")
     p.add_argument("--link", choices=["auto", "tbf", "userspace"], default="auto")
     p.add_argument("--slowdown-method", choices=["auto", "cgroup", "sleep"], default="auto")
     p.add_argument(
@@ -97,7 +95,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         requests=args.requests,
         stream_frames=args.stream_frames,
         input_size=args.input_size,
-        rtt_s=args.rtt_ms / 1e3,
+        rtt_s=rtt_seconds(args),
         link=args.link,
         slowdown_method=args.slowdown_method,
         max_predicted_s=args.max_predicted_s,

@@ -16,10 +16,13 @@ import numpy as np
 from cic_fast.cli.common import (
     add_model_args,
     add_profile_args,
+    add_rtt_arg,
     example_inputs,
+    fixed_latencies_s,
     fmt_bps,
     fmt_bytes,
     load_profiles,
+    rtt_seconds,
     trace_model,
 )
 
@@ -37,7 +40,7 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     add_model_args(p)
     add_profile_args(p, device_required=False)  # a .plan file needs none
-    p.add_argument("--rtt-ms", type=float, default=0.0, help="round trip time, ms (default 0)")
+    add_rtt_arg(p)
     p.add_argument("-o", "--output", help="write the plan here (Planner.save)")
     p.add_argument("--plot", metavar="PNG", help="draw latency vs bandwidth (needs matplotlib)")
     p.set_defaults(func=_run_plan)
@@ -48,7 +51,8 @@ def format_plan(planner: Any, names: tuple[str, ...] | None = None, max_names: i
     """The plan as a text table, slowest link first.
 
     Columns: bandwidth range, layers on the device, the layers whose outputs are
-    sent (the cut), bytes sent, and the predicted latency at the range's ends.
+    sent (the cut), bytes sent, and the predicted latency at the range's ends
+    (`PlanSegment.latency_s`, the cost model; unbounded at a range that starts at 0).
     """
     names = names or planner.names
     n = planner.n_nodes
@@ -62,7 +66,7 @@ def format_plan(planner: Any, names: tuple[str, ...] | None = None, max_names: i
             )
         else:
             sent = "-" if s.on_device.all() else "(nothing)"
-        at_hi = s.latency_s(hi) if hi < math.inf else s.device_s + s.server_s + s.rtt_s
+        at_hi = s.latency_s(hi)  # at hi = inf: no transfer time
         at_lo = s.latency_s(lo) if lo > 0 else math.inf
         lat = (
             f"{at_hi * 1e3:.4g}" if s.bytes_sent == 0 else f"{at_hi * 1e3:.4g} .. {at_lo * 1e3:.4g}"
@@ -102,16 +106,13 @@ def plot_plan(planner: Any, path: str | os.PathLike[str]) -> None:
     lo = min([1e3, *[b / 10 for b in bps]])
     hi = max([1e11, *[b * 10 for b in bps]])
     x = np.logspace(math.log10(lo), math.log10(hi), 400)
-    g = planner.graph
-    device_only = float(np.sum(g.device_s))
-    server_mask = np.zeros(g.n_nodes, dtype=bool)
-    server_mask[g.inputs] = True
-    server_only = [g.evaluate(server_mask, b, planner.rtt_s).latency_s for b in x]
+    fixed = np.array([fixed_latencies_s(planner.graph, float(b), planner.rtt_s) for b in x])
+    device_only, server_only = fixed[:, 0], fixed[:, 1]
     best = [planner.decide(float(b)).latency_s for b in x]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(x, np.array(best) * 1e3, lw=2.5, label="optimal split (envelope)")
-    ax.plot(x, np.full_like(x, device_only * 1e3), "--", label="device only")
-    ax.plot(x, np.array(server_only) * 1e3, ":", label="server only (send the input)")
+    ax.plot(x, device_only * 1e3, "--", label="device only")
+    ax.plot(x, server_only * 1e3, ":", label="server only (send the input)")
     for b in bps:
         ax.axvline(b, color="grey", lw=0.8, alpha=0.6)
     ax.set_xscale("log")
@@ -138,7 +139,7 @@ def _run_plan(args: argparse.Namespace) -> int:
         model = load_model(args.model, weights=args.weights)
         graph = trace_model(model, example_inputs(args))
         dev, srv = load_profiles(args, graph)
-        planner = Planner.from_profiles(graph, dev, srv, rtt_s=args.rtt_ms / 1e3)
+        planner = Planner.from_profiles(graph, dev, srv, rtt_s=rtt_seconds(args))
         label = args.model
     print(f"{label}: {planner.n_nodes} nodes, rtt {planner.rtt_s * 1e3:g} ms")
     print(format_plan(planner))

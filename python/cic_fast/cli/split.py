@@ -8,9 +8,12 @@ from typing import Any
 from cic_fast.cli.common import (
     add_model_args,
     add_profile_args,
+    add_rtt_arg,
+    device_only_s,
     example_inputs,
     load_profiles,
     parse_bandwidth,
+    rtt_seconds,
     trace_model,
 )
 
@@ -28,7 +31,7 @@ def add_split_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_model_args(p)
     add_profile_args(p, device_required=True)
     p.add_argument("--bandwidth", required=True, help="link bandwidth, e.g. 10Mbit, 1.5Gbit/s")
-    p.add_argument("--rtt-ms", type=float, default=0.0, help="round trip time, ms (default 0)")
+    add_rtt_arg(p)
     p.add_argument(
         "--check",
         action="store_true",
@@ -41,6 +44,7 @@ def add_split_parser(subparsers: Any) -> argparse.ArgumentParser:
 def _run_split(args: argparse.Namespace) -> int:
     import torch
 
+    from cic_fast.core.graph import Graph
     from cic_fast.frontend.models import load_model
     from cic_fast.frontend.splitting import split
     from cic_fast.frontend.tracing import tensor_bytes
@@ -56,12 +60,12 @@ def _run_split(args: argparse.Namespace) -> int:
         bandwidth_bps=bandwidth,
         device_profile=dev,
         server_profile=srv,
-        rtt_s=args.rtt_ms / 1e3,
+        rtt_s=rtt_seconds(args),
         graph=graph,
     )
     print(f"{args.model}: {graph.n_nodes} nodes")
     print(s.summary())
-    all_dev = dev.sum_s
+    all_dev = device_only_s(Graph(graph.edges, dev.seconds, srv.seconds, graph.out_bytes))
     print(f"device only would take {all_dev * 1e3:.3f} ms (predicted)")
     if args.check:
         with torch.no_grad():

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import threading
 import time
+from typing import Any
 
 __all__ = ["NetnsLink", "TokenBucketLink", "netns_available", "tbf_args"]
 
@@ -51,6 +52,10 @@ class TokenBucketLink:
         Socket timeout of every forwarded connection.
     """
 
+    # How long close() waits, in all, for the proxy's threads once it has woken them
+    # (they end in milliseconds; the bound only keeps a wedged thread from hanging it).
+    CLOSE_JOIN_S = 2.0
+
     def __init__(
         self,
         upstream: tuple[str, int],
@@ -72,9 +77,30 @@ class TokenBucketLink:
         host, port = self.lsock.getsockname()[:2]
         self.address = (str(host), int(port))
         self._stop = threading.Event()
+        # Guards _socks and _threads: close() must see every connection the accept
+        # thread registers, and none is registered once it has started.
+        self._lock = threading.Lock()
         self._socks: list[socket.socket] = []
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
+        self._threads: list[threading.Thread] = []
+        self._spawn(self._accept)
+
+    def _spawn(self, target: Any, *args: Any) -> threading.Thread:
+        """Start a daemon thread named after the link's port (call with _lock held or in init)."""
+        t = threading.Thread(
+            target=target,
+            args=args,
+            name=f"cic-link-{self.address[1]}-{target.__name__.strip('_')}",
+            daemon=True,
+        )
+        self._threads.append(t)
+        t.start()
+        return t
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        """The proxy's threads (accept, and a reader and a writer per direction)."""
+        with self._lock:
+            return list(self._threads)
 
     def _accept(self) -> None:
         while not self._stop.is_set():
@@ -91,11 +117,14 @@ class TokenBucketLink:
                 s.settimeout(self.timeout_s)
                 with contextlib.suppress(OSError):
                     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._socks += [a, b]
-            for src, dst in ((a, b), (b, a)):
-                t = threading.Thread(target=self._pump, args=(src, dst), daemon=True)
-                self._threads.append(t)
-                t.start()
+            with self._lock:
+                if self._stop.is_set():  # close() has run: it would not see these
+                    a.close()
+                    b.close()
+                    return
+                self._socks += [a, b]
+                for src, dst in ((a, b), (b, a)):
+                    self._spawn(self._pump, src, dst)
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         # A reader stamps each chunk with the time it arrives at the far end: when its
@@ -103,8 +132,10 @@ class TokenBucketLink:
         # (which does not lower the rate); a writer sends the chunks at those times.
         # The bounded queue gives the sender backpressure.
         chunks: queue.Queue[tuple[float, bytes] | None] = queue.Queue(maxsize=64)
-        writer = threading.Thread(target=self._write, args=(chunks, dst), daemon=True)
-        writer.start()
+        with self._lock:
+            if self._stop.is_set():
+                return
+            writer = self._spawn(self._write, chunks, dst)
         clock = 0.0
         with contextlib.suppress(OSError):
             while not self._stop.is_set():
@@ -117,9 +148,16 @@ class TokenBucketLink:
                     with contextlib.suppress(queue.Full):
                         chunks.put((clock + self.rtt_s / 2, data), timeout=0.2)
                         break
-        with contextlib.suppress(queue.Full):
-            chunks.put(None, timeout=self.timeout_s)
-        writer.join(self.timeout_s)
+        # End of stream: the writer forwards what is queued, then stops. On close()
+        # it stops at once; the None wakes it if it waits for a chunk.
+        while True:
+            try:
+                chunks.put(None, timeout=0.2)
+                break
+            except queue.Full:
+                if self._stop.is_set():
+                    break
+        writer.join()  # it ends: each step is bounded by a due time, a timeout or close()
         for s in (src, dst):
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
@@ -135,18 +173,32 @@ class TokenBucketLink:
                     return
                 due, data = item
                 while (wait := due - time.perf_counter()) > 0:
-                    time.sleep(wait)
+                    if self._stop.wait(wait):  # a sleep that close() interrupts
+                        return
                 dst.sendall(data)
 
     def close(self) -> None:
-        """Stop forwarding and close every socket."""
-        self._stop.set()
+        """Stop forwarding, close every socket and wait for the proxy's threads.
+
+        Each socket is shut down before it is closed: that wakes a thread blocked
+        in ``recv`` or ``sendall`` on it at once (a bare close would leave it
+        blocked until its socket timeout). Waits at most `CLOSE_JOIN_S` in all.
+        """
+        with self._lock:
+            self._stop.set()
+            socks = list(self._socks)
+            threads = list(self._threads)
+        for s in (self.lsock, *socks):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
         self.lsock.close()
-        for s in self._socks:
+        deadline = time.monotonic() + self.CLOSE_JOIN_S
+        for t in threads:
+            if t is not threading.current_thread():
+                t.join(max(0.0, deadline - time.monotonic()))
+        for s in socks:
             with contextlib.suppress(OSError):
                 s.close()
-        for t in self._threads:
-            t.join(2)
 
     def __enter__(self) -> TokenBucketLink:
         return self
