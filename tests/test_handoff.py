@@ -29,28 +29,10 @@ from cic_fast.frontend.tracing import LayerGraph, trace  # noqa: E402
 from cic_fast.runtime import fingerprint  # noqa: E402
 from cic_fast.runtime.client import Client  # noqa: E402
 from cic_fast.runtime.server import Server  # noqa: E402
-from zoo import TwoInTwoOut  # noqa: E402
+from zoo import TwoBranch, TwoInTwoOut, assert_same  # noqa: E402
 
 TIMEOUT_S = 5.0
 NOWHERE = ("127.0.0.1", 9)  # a Client connects only when it sends
-
-
-class Net(nn.Module):
-    """A small CNN with a branch and a tuple output."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.a = nn.Conv2d(8, 4, 3, padding=1)
-        self.b = nn.Conv2d(8, 4, 1)
-        self.fc = nn.Linear(8 * 8 * 8, 5)
-
-    def forward(self, x):
-        y = torch.relu(self.stem(x))
-        y = torch.cat([torch.relu(self.a(y)), torch.sigmoid(self.b(y))], dim=1)
-        y = nn.functional.max_pool2d(y, 2)
-        logits = self.fc(torch.flatten(y, 1))
-        return logits, logits.softmax(-1)
 
 
 class Counter:
@@ -93,7 +75,7 @@ class Setup:
 
     def __init__(self, rtt_s: float = 0.0) -> None:
         torch.manual_seed(0)
-        self.model = Net().eval()
+        self.model = TwoBranch(16).eval()
         self.x = torch.randn(1, 3, 16, 16)
         self.graph = trace(self.model, self.x)
         n = self.graph.n_nodes
@@ -114,13 +96,6 @@ def setup() -> Setup:
     return Setup()
 
 
-def assert_same(a, b) -> None:
-    assert type(a) is type(b) and len(a) == len(b)
-    for u, v in zip(a, b, strict=True):
-        assert u.dtype == v.dtype and u.shape == v.shape
-        torch.testing.assert_close(u, v, rtol=0, atol=0)
-
-
 # -- the traced program remembers what the later stages need ---------------------------
 
 
@@ -139,7 +114,7 @@ def test_trace_keeps_example_inputs_and_output_structure():
         assert meta == tuple((t.dtype, tuple(t.shape)) for t in leaves)
     # a lone tensor is kept as a one-tuple
     z = torch.randn(1, 3, 16, 16)
-    assert trace(Net().eval(), z).program.example_inputs == (z,)
+    assert trace(TwoBranch(16).eval(), z).program.example_inputs == (z,)
 
 
 def test_output_structure_of_a_program_built_by_hand(setup):
@@ -383,18 +358,18 @@ def test_fingerprint_cache_notices_changed_weights(setup, spy):
     original = {k: v.clone() for k, v in setup.model.state_dict().items()}
 
     torch.manual_seed(1)
-    setup.model.load_state_dict(Net().state_dict())  # copied in place: same tensors
+    setup.model.load_state_dict(TwoBranch(16).state_dict())  # copied in place: same tensors
     f1 = fingerprint.traced_fingerprint(g)
     assert f1 != f0 and spy.fingerprints == 1
     assert fingerprint.traced_fingerprint(g) == f1 and spy.fingerprints == 1
 
     with torch.no_grad():
-        setup.model.fc.bias.add_(1.0)  # an in-place update
+        setup.model.head.bias.add_(1.0)  # an in-place update
     f2 = fingerprint.traced_fingerprint(g)
     assert f2 not in (f0, f1) and spy.fingerprints == 2
 
     # a replaced parameter (a new tensor object) of the traced program
-    fc = g.program.module.fc
+    fc = g.program.module.head
     weight = fc.weight
     fc.weight = nn.Parameter(torch.zeros_like(weight))
     f3 = fingerprint.traced_fingerprint(g)

@@ -37,26 +37,9 @@ from cic_fast.frontend.tracing import trace  # noqa: E402
 from cic_fast.runtime.client import Client  # noqa: E402
 from cic_fast.runtime.estimator import BandwidthEstimator  # noqa: E402
 from cic_fast.runtime.server import Server  # noqa: E402
+from zoo import TwoBranch  # noqa: E402
 
 TIMEOUT_S = 5.0
-
-
-class TwoBranch(nn.Module):
-    """A small CNN with two parallel branches and a tuple output."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.a = nn.Conv2d(8, 4, 3, padding=1)
-        self.b = nn.Conv2d(8, 4, 1)
-        self.head = nn.Linear(8 * 16 * 16, 5)
-
-    def forward(self, x):
-        y = torch.relu(self.stem(x))
-        y = torch.cat([torch.relu(self.a(y)), torch.sigmoid(self.b(y))], dim=1)
-        y = nn.functional.max_pool2d(y, 2)
-        logits = self.head(torch.flatten(y, 1))
-        return logits, logits.softmax(-1)
 
 
 class Setup:

@@ -33,28 +33,10 @@ from cic_fast.runtime import messages as M  # noqa: E402
 from cic_fast.runtime import wire as W  # noqa: E402
 from cic_fast.runtime.client import Client  # noqa: E402
 from cic_fast.runtime.server import Server  # noqa: E402
-from zoo import TwoInTwoOut  # noqa: E402
+from zoo import TwoBranch, TwoInTwoOut, assert_same  # noqa: E402
 
 TIMEOUT_S = 5.0
 N_FRAMES = 6
-
-
-class Net(nn.Module):
-    """A small CNN with two branches and a tuple output."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.a = nn.Conv2d(8, 4, 3, padding=1)
-        self.b = nn.Conv2d(8, 4, 1)
-        self.fc = nn.Linear(8 * 16 * 16, 5)
-
-    def forward(self, x):
-        y = torch.relu(self.stem(x))
-        y = torch.cat([torch.relu(self.a(y)), torch.sigmoid(self.b(y))], dim=1)
-        y = nn.functional.max_pool2d(y, 2)
-        logits = self.fc(torch.flatten(y, 1))
-        return logits, logits.softmax(-1)
 
 
 class Setup:
@@ -62,7 +44,7 @@ class Setup:
 
     def __init__(self) -> None:
         torch.manual_seed(0)
-        self.model = Net().eval()
+        self.model = TwoBranch().eval()
         self.graph = trace(self.model, torch.randn(1, 3, 32, 32))
         n = self.graph.n_nodes
         dev = Profile.from_times(self.graph, np.full(n, 1e-3))
@@ -91,20 +73,6 @@ def server(setup):
     srv = Server(setup.graph, timeout_s=TIMEOUT_S).start()
     yield srv
     srv.close()
-
-
-def assert_same(a, b) -> None:
-    if isinstance(a, dict):
-        assert type(b) is dict and list(a) == list(b)
-        for k in a:
-            assert_same(a[k], b[k])
-    elif isinstance(a, tuple | list):
-        assert type(a) is type(b) and len(a) == len(b)
-        for u, v in zip(a, b, strict=True):
-            assert_same(u, v)
-    else:
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def run(cli: Client, frames, **kw):

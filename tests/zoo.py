@@ -70,3 +70,35 @@ if torch is not None:
         def forward(self, x: Any, y: Any) -> dict[str, Any]:
             h = self.a(x)
             return {"sum": h + self.b(y), "parts": (h, torch.tanh(y))}
+
+    class TwoBranch(nn.Module):
+        """A small CNN with two parallel branches and a tuple output, for ``size``-pixel inputs."""
+
+        def __init__(self, size: int = 32) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.a = nn.Conv2d(8, 4, 3, padding=1)
+            self.b = nn.Conv2d(8, 4, 1)
+            self.head = nn.Linear(8 * (size // 2) ** 2, 5)
+
+        def forward(self, x: Any) -> tuple[Any, Any]:
+            y = torch.relu(self.stem(x))
+            y = torch.cat([torch.relu(self.a(y)), torch.sigmoid(self.b(y))], dim=1)
+            y = nn.functional.max_pool2d(y, 2)
+            logits = self.head(torch.flatten(y, 1))
+            return logits, logits.softmax(-1)
+
+
+def assert_same(a: Any, b: Any) -> None:
+    """Exactly equal outputs: the same structure, dtypes, shapes and values."""
+    if isinstance(a, dict):
+        assert type(b) is dict and list(a) == list(b)
+        for k in a:
+            assert_same(a[k], b[k])
+    elif isinstance(a, tuple | list):
+        assert type(a) is type(b) and len(a) == len(b)
+        for u, v in zip(a, b, strict=True):
+            assert_same(u, v)
+    else:
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
