@@ -19,6 +19,7 @@ namespace {
 using cic_bind::BoolArray;
 using cic_bind::Check;
 using cic_bind::F64Array;
+using cic_bind::GraphHandle;
 using cic_bind::Int64Array;
 
 void CheckVector(const F64Array& a, const char* name, py::ssize_t n) {
@@ -40,7 +41,7 @@ py::tuple Pack(const cic::Graph& g, BoolArray on_device, const cic::Breakdown& b
                         b.transfer_s, b.server_s, b.rtt_s, b.bytes_sent);
 }
 
-std::unique_ptr<cic::Graph> MakeGraph(const Int64Array& edges, const F64Array& device_s,
+std::unique_ptr<GraphHandle> MakeGraph(const Int64Array& edges, const F64Array& device_s,
                                       const F64Array& server_s, const F64Array& out_bytes) {
   if (edges.ndim() != 2 || edges.shape(1) != 2) {
     throw py::value_error("edges must have shape (E, 2)");
@@ -49,41 +50,46 @@ std::unique_ptr<cic::Graph> MakeGraph(const Int64Array& edges, const F64Array& d
   const py::ssize_t n = device_s.shape(0);
   CheckVector(server_s, "server_s", n);
   CheckVector(out_bytes, "out_bytes", n);
-  auto graph = std::make_unique<cic::Graph>();
+  auto handle = std::make_unique<GraphHandle>();
   cic::Dag dag;
   Check(cic::Dag::Build(n, edges.data(), edges.shape(0), &dag));
   Check(cic::Graph::Create(std::move(dag), device_s.data(), server_s.data(),
-                           out_bytes.data(), graph.get()));
-  return graph;
+                           out_bytes.data(), &handle->graph));
+  return handle;
 }
 
 }  // namespace
 
 void BindGraph(py::module_& m) {
-  py::class_<cic::Graph>(m, "Graph")
+  py::class_<GraphHandle>(m, "Graph")
       .def(py::init(&MakeGraph), py::arg("edges"), py::arg("device_s"), py::arg("server_s"),
            py::arg("out_bytes"),
            "Validate a layer DAG and its costs and build its flow network once.")
       .def(
           "min_cut",
-          [](cic::Graph& g, double bandwidth_bps, double rtt_s) {
+          [](GraphHandle& h, double bandwidth_bps, double rtt_s) {
+            const cic::Graph& g = h.graph;
             BoolArray on_device(g.num_nodes());
             uint8_t* out = Bytes(on_device);
             cic::Breakdown b;
             cic::Result r;
             {
+              // The solve runs without the GIL on a pooled workspace: calls
+              // from several threads run in parallel.
               py::gil_scoped_release release;
-              r = g.MinCut(bandwidth_bps, rtt_s, out, &b);
+              GraphHandle::Lease ws(h);
+              r = g.MinCut(bandwidth_bps, rtt_s, out, &b, ws.get());
             }
             Check(r);
             return Pack(g, std::move(on_device), b);
           },
           py::arg("bandwidth_bps"), py::arg("rtt_s") = 0.0,
           "Exact optimum: (on_device, sent, latency_s, device_s, transfer_s, server_s, "
-          "rtt_s, bytes_sent).")
+          "rtt_s, bytes_sent). Thread-safe; the solve releases the GIL.")
       .def(
           "evaluate",
-          [](const cic::Graph& g, BoolArray on_device, double bandwidth_bps, double rtt_s) {
+          [](const GraphHandle& h, BoolArray on_device, double bandwidth_bps, double rtt_s) {
+            const cic::Graph& g = h.graph;
             if (on_device.ndim() != 1 || on_device.shape(0) != g.num_nodes()) {
               throw py::value_error("on_device must have length " +
                                     std::to_string(g.num_nodes()) + " (one entry per node)");
@@ -95,18 +101,19 @@ void BindGraph(py::module_& m) {
           },
           py::arg("on_device"), py::arg("bandwidth_bps"), py::arg("rtt_s") = 0.0,
           "Price a valid partition; same tuple as min_cut.")
-      .def_property_readonly("n_nodes", &cic::Graph::num_nodes)
-      .def_property_readonly("n_edges", [](const cic::Graph& g) { return g.dag().num_edges(); })
+      .def_property_readonly("n_nodes", [](const GraphHandle& h) { return h.graph.num_nodes(); })
+      .def_property_readonly("n_edges",
+                             [](const GraphHandle& h) { return h.graph.dag().num_edges(); })
       .def_property_readonly("inputs",
-                             [](const cic::Graph& g) {
-                               const auto& in = g.dag().inputs();
+                             [](const GraphHandle& h) {
+                               const auto& in = h.graph.dag().inputs();
                                Int64Array a(static_cast<py::ssize_t>(in.size()));
                                for (size_t i = 0; i < in.size(); ++i) a.mutable_data()[i] = in[i];
                                return a;
                              })
       .def_property_readonly("edges",
-                             [](const cic::Graph& g) {
-                               const cic::Dag& d = g.dag();
+                             [](const GraphHandle& h) {
+                               const cic::Dag& d = h.graph.dag();
                                Int64Array a({static_cast<py::ssize_t>(d.num_edges()),
                                              static_cast<py::ssize_t>(2)});
                                int64_t* out = a.mutable_data();
@@ -118,9 +125,23 @@ void BindGraph(py::module_& m) {
                                }
                                return a;
                              })
-      .def_property_readonly("device_s", [](const cic::Graph& g) { return F64Array(g.device_s().size(), g.device_s().data()); })
-      .def_property_readonly("server_s", [](const cic::Graph& g) { return F64Array(g.server_s().size(), g.server_s().data()); })
-      .def_property_readonly("out_bytes", [](const cic::Graph& g) { return F64Array(g.out_bytes().size(), g.out_bytes().data()); })
-      .def_property_readonly("network_nodes", &cic::Graph::network_nodes)
-      .def_property_readonly("network_arc_pairs", &cic::Graph::network_arc_pairs);
+      .def_property_readonly("device_s",
+                             [](const GraphHandle& h) {
+                               const auto& v = h.graph.device_s();
+                               return F64Array(static_cast<py::ssize_t>(v.size()), v.data());
+                             })
+      .def_property_readonly("server_s",
+                             [](const GraphHandle& h) {
+                               const auto& v = h.graph.server_s();
+                               return F64Array(static_cast<py::ssize_t>(v.size()), v.data());
+                             })
+      .def_property_readonly("out_bytes",
+                             [](const GraphHandle& h) {
+                               const auto& v = h.graph.out_bytes();
+                               return F64Array(static_cast<py::ssize_t>(v.size()), v.data());
+                             })
+      .def_property_readonly("network_nodes",
+                             [](const GraphHandle& h) { return h.graph.network_nodes(); })
+      .def_property_readonly("network_arc_pairs",
+                             [](const GraphHandle& h) { return h.graph.network_arc_pairs(); });
 }
