@@ -181,6 +181,7 @@ class Graph {
   // Thread-safe for distinct workspaces.
   Result MinCut(double bandwidth_bps, double rtt_s, uint8_t* on_device, Breakdown* out,
                 Workspace* ws) const {
+    assert(ws != nullptr);
     Result r = CheckLink(bandwidth_bps, rtt_s);
     if (!r.ok()) return r;
     if (ws->graph_id_ != id_ || ws->flow_.network() != &network_.flow()) Bind(ws);

@@ -47,7 +47,7 @@
 // containing such an arc costs more than the reference, so it is never
 // minimal either way). Arcs implied by others are dropped (Build's comment).
 //
-// Fixed point (Scale's comment). Capacities are int64 values c * 2^k,
+// Fixed point (FixedPoint, FixScale, Solve). Capacities are int64 values c * 2^k,
 // rounded to nearest, with the scale chosen so that every finite capacity
 // together stays below 2^60 units. Without nodes pinned to the server the
 // reference cut is "every free node on the device", which does not depend on
@@ -56,8 +56,9 @@
 // valid; the reference is "every free node on the server", whose cost
 // includes the transfers out of s, and the scale is chosen at every solve.
 // The min cut is exact for the rounded problem and within (number of cut
-// arcs) * 2^-60 * B of the real-valued optimum (B the total below), far below
-// 1e-9 relative on any DNN-sized graph. Callers report latencies recomputed
+// arcs) * 2^-60 * B of the real-valued optimum (B = Total(reference), the
+// bound on the sum of every finite capacity), far below 1e-9 relative on any
+// DNN-sized graph. Costs whose total a double cannot hold report kIntOverflow. Callers report latencies recomputed
 // from the partition with the cost model (cost.hpp), never read off the flow.
 #pragma once
 
