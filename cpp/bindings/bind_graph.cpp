@@ -34,9 +34,7 @@ void CheckVector(const F64Array& a, const char* name, py::ssize_t n) {
 uint8_t* Bytes(BoolArray& a) { return reinterpret_cast<uint8_t*>(a.mutable_data()); }
 
 // (on_device, sent, latency_s, device_s, transfer_s, server_s, rtt_s, bytes_sent)
-py::tuple Pack(const cic::Graph& g, BoolArray on_device, const cic::Breakdown& b) {
-  Int64Array sent(static_cast<py::ssize_t>(b.num_sent));
-  g.FillSent(reinterpret_cast<const uint8_t*>(on_device.data()), sent.mutable_data());
+py::tuple Pack(BoolArray on_device, Int64Array sent, const cic::Breakdown& b) {
   return py::make_tuple(std::move(on_device), std::move(sent), b.latency_s, b.device_s,
                         b.transfer_s, b.server_s, b.rtt_s, b.bytes_sent);
 }
@@ -73,15 +71,19 @@ void BindGraph(py::module_& m) {
             uint8_t* out = Bytes(on_device);
             cic::Breakdown b;
             cic::Result r;
+            GraphHandle::Lease slot(h);
             {
-              // The solve runs without the GIL on a pooled workspace: calls
-              // from several threads run in parallel.
+              // The solve and the sent-set scan run without the GIL on a
+              // pooled workspace: calls from several threads run in parallel.
               py::gil_scoped_release release;
-              GraphHandle::Lease ws(h);
-              r = g.MinCut(bandwidth_bps, rtt_s, out, &b, ws.get());
+              r = g.MinCut(bandwidth_bps, rtt_s, out, &b, slot.workspace());
+              if (r.ok()) {
+                slot.sent().resize(static_cast<size_t>(b.num_sent));
+                g.FillSent(out, slot.sent().data());
+              }
             }
             Check(r);
-            return Pack(g, std::move(on_device), b);
+            return Pack(std::move(on_device), Int64Array(b.num_sent, slot.sent().data()), b);
           },
           py::arg("bandwidth_bps"), py::arg("rtt_s") = 0.0,
           "Exact optimum: (on_device, sent, latency_s, device_s, transfer_s, server_s, "
@@ -95,9 +97,11 @@ void BindGraph(py::module_& m) {
                                     std::to_string(g.num_nodes()) + " (one entry per node)");
             }
             cic::Breakdown b;
-            Check(g.Evaluate(reinterpret_cast<const uint8_t*>(on_device.data()), bandwidth_bps,
-                             rtt_s, &b));
-            return Pack(g, std::move(on_device), b);
+            const auto* on = reinterpret_cast<const uint8_t*>(on_device.data());
+            Check(g.Evaluate(on, bandwidth_bps, rtt_s, &b));
+            Int64Array sent(static_cast<py::ssize_t>(b.num_sent));
+            g.FillSent(on, sent.mutable_data());
+            return Pack(std::move(on_device), std::move(sent), b);
           },
           py::arg("on_device"), py::arg("bandwidth_bps"), py::arg("rtt_s") = 0.0,
           "Price a valid partition; same tuple as min_cut.")

@@ -31,8 +31,8 @@ std::unique_ptr<cic::Plan> BuildPlan(GraphHandle& h, double rtt_s) {
   cic::Result r;
   {
     py::gil_scoped_release release;
-    GraphHandle::Lease ws(h);
-    r = cic::Plan::Build(h.graph, rtt_s, plan.get(), ws.get());
+    GraphHandle::Lease slot(h);
+    r = cic::Plan::Build(h.graph, rtt_s, plan.get(), slot.workspace());
   }
   Check(r);
   return plan;

@@ -31,15 +31,22 @@ inline void Check(const cic::Result& r) {
   if (!r.ok()) throw py::value_error(r.message());
 }
 
-// _core.Graph: an immutable cic::Graph and a small pool of workspaces, so
-// that threads calling min_cut on one Graph solve in parallel (the GIL is
-// released during the solve, and the mutex guards only the pool's pop and
-// push, never a solve). A workspace is made when the pool is empty (the
-// first call of each concurrent thread) and kept afterwards: a steady
-// stream of calls allocates nothing for the solver.
+// _core.Graph: an immutable cic::Graph and a small pool of solver slots (a
+// workspace and a buffer for the sent indices), so that threads calling
+// min_cut on one Graph solve in parallel: the GIL is released during the
+// solve and the sent-set scan, and the mutex guards only the pool's pop and
+// push, never a solve (nor is it ever held while waiting for the GIL). A
+// slot is made when the pool is empty (the first call of each concurrent
+// thread) and kept afterwards: a steady stream of calls allocates nothing
+// for the solver.
 class GraphHandle {
  public:
-  static constexpr size_t kMaxPool = 8;  // workspaces kept for reuse
+  static constexpr size_t kMaxPool = 8;  // slots kept for reuse
+
+  struct Slot {
+    cic::Graph::Workspace workspace;
+    std::vector<int64_t> sent;  // the last solve's sent indices
+  };
 
   GraphHandle() { pool_.reserve(kMaxPool); }
   GraphHandle(const GraphHandle&) = delete;
@@ -47,46 +54,47 @@ class GraphHandle {
 
   cic::Graph graph;
 
-  // A workspace for the lifetime of the lease (taken from the pool or made,
+  // A slot for the lifetime of the lease (taken from the pool or made,
   // given back on destruction). Needs no GIL.
   class Lease {
    public:
-    explicit Lease(GraphHandle& h) : h_(h), ws_(h.Take()) {}
-    ~Lease() { h_.Give(std::move(ws_)); }
+    explicit Lease(GraphHandle& h) : h_(h), slot_(h.Take()) {}
+    ~Lease() { h_.Give(std::move(slot_)); }
     Lease(const Lease&) = delete;
     Lease& operator=(const Lease&) = delete;
-    cic::Graph::Workspace* get() { return ws_.get(); }
+    cic::Graph::Workspace* workspace() { return &slot_->workspace; }
+    std::vector<int64_t>& sent() { return slot_->sent; }
 
    private:
     GraphHandle& h_;
-    std::unique_ptr<cic::Graph::Workspace> ws_;
+    std::unique_ptr<Slot> slot_;
   };
 
  private:
-  std::unique_ptr<cic::Graph::Workspace> Take() {
+  std::unique_ptr<Slot> Take() {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (!pool_.empty()) {
-        std::unique_ptr<cic::Graph::Workspace> ws = std::move(pool_.back());
+        std::unique_ptr<Slot> slot = std::move(pool_.back());
         pool_.pop_back();
-        return ws;
+        return slot;
       }
     }
-    return std::make_unique<cic::Graph::Workspace>();
+    return std::make_unique<Slot>();
   }
-  void Give(std::unique_ptr<cic::Graph::Workspace> ws) {
+  void Give(std::unique_ptr<Slot> slot) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (pool_.size() < kMaxPool) {
-        pool_.push_back(std::move(ws));
+        pool_.push_back(std::move(slot));
         return;
       }
     }
-    // Pool full: `ws` is freed here, outside the lock.
+    // Pool full: `slot` is freed here, outside the lock.
   }
 
   std::mutex mutex_;
-  std::vector<std::unique_ptr<cic::Graph::Workspace>> pool_;
+  std::vector<std::unique_ptr<Slot>> pool_;
 };
 
 // bind_partition.cpp: _core.PartitionBase, and the fast decide callable
