@@ -141,6 +141,34 @@ def test_two_threads_on_one_graph_match_sequential(kind: str, n: int) -> None:
             assert same_packed(packed, expected[key]), key
 
 
+def test_min_cut_as_builds_the_partition_in_c() -> None:
+    g = core_graph("mixed", 400)
+    for bw in np.logspace(3, 11, 40):
+        for rtt in (0.0, 0.003):
+            p = g.min_cut_as(Partition, float(bw), rtt)
+            t = g.min_cut(float(bw), rtt)
+            assert type(p) is Partition
+            assert np.array_equal(p.on_device, t[0]) and np.array_equal(p.sent, t[1])
+            assert (p.latency_s, p.device_s, p.transfer_s, p.server_s, p.rtt_s) == t[2:7]
+            assert type(p.bytes_sent) is int and p.bytes_sent == int(t[7])
+            assert p.bandwidth_bps == bw
+    with pytest.raises(TypeError, match="PartitionBase"):
+        g.min_cut_as(OldPartition, 1e6)  # type: ignore[type-var]
+    with pytest.raises(ValueError, match="bandwidth_bps"):
+        g.min_cut_as(Partition, -1.0)
+    results: list[Any] = [None, None]
+
+    def work(i: int) -> None:
+        results[i] = [g.min_cut_as(Partition, float(bw)).latency_s for bw in np.logspace(4, 9, 50)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results[0] == results[1] == [g.min_cut(float(bw))[2] for bw in np.logspace(4, 9, 50)]
+
+
 def test_more_threads_than_the_pool_and_plans_in_parallel() -> None:
     g = core_graph("mixed", 200, seed=3)
     bws = np.logspace(4, 10, 25)

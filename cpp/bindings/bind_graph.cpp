@@ -89,6 +89,40 @@ void BindGraph(py::module_& m) {
           "Exact optimum: (on_device, sent, latency_s, device_s, transfer_s, server_s, "
           "rtt_s, bytes_sent). Thread-safe; the solve releases the GIL.")
       .def(
+          "min_cut_as",
+          [](GraphHandle& h, py::handle partition_type, double bandwidth_bps, double rtt_s) {
+            PyTypeObject* type = cic_bind::CheckPartitionType(partition_type, "min_cut_as");
+            const cic::Graph& g = h.graph;
+            BoolArray on_device(g.num_nodes());
+            uint8_t* out = Bytes(on_device);
+            cic::Breakdown b;
+            cic::Result r;
+            GraphHandle::Lease slot(h);
+            {
+              py::gil_scoped_release release;
+              r = g.MinCut(bandwidth_bps, rtt_s, out, &b, slot.workspace());
+              if (r.ok()) {
+                slot.sent().resize(static_cast<size_t>(b.num_sent));
+                g.FillSent(out, slot.sent().data());
+              }
+            }
+            Check(r);
+            Int64Array sent(b.num_sent, slot.sent().data());
+            // Constructor order; bytes_sent as int(bytes) like the package's Partition.
+            PyObject* const fields[9] = {
+                on_device.release().ptr(),       PyFloat_FromDouble(b.latency_s),
+                PyFloat_FromDouble(b.device_s),  PyFloat_FromDouble(b.transfer_s),
+                PyFloat_FromDouble(b.server_s),  PyFloat_FromDouble(b.rtt_s),
+                PyLong_FromDouble(b.bytes_sent), sent.release().ptr(),
+                PyFloat_FromDouble(bandwidth_bps)};
+            PyObject* p = cic_bind::NewPartition(type, fields);
+            if (p == nullptr) throw py::error_already_set();
+            return py::reinterpret_steal<py::object>(p);
+          },
+          py::arg("partition_type"), py::arg("bandwidth_bps"), py::arg("rtt_s") = 0.0,
+          "min_cut's optimum as an instance of partition_type (a PartitionBase subclass), "
+          "built in C: one call, no tuple. Thread-safe; the solve releases the GIL.")
+      .def(
           "evaluate",
           [](const GraphHandle& h, BoolArray on_device, double bandwidth_bps, double rtt_s) {
             const cic::Graph& g = h.graph;

@@ -271,13 +271,33 @@ PyTypeObject* PartitionBaseType() {
   return g_partition_type;
 }
 
+PyTypeObject* CheckPartitionType(py::handle type, const char* who) {
+  PyTypeObject* base = PartitionBaseType();
+  if (!PyType_Check(type.ptr()) ||
+      !PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(type.ptr()), base)) {
+    throw py::type_error(std::string(who) +
+                         ": partition_type must be a subclass of PartitionBase");
+  }
+  return reinterpret_cast<PyTypeObject*>(type.ptr());
+}
+
+PyObject* NewPartition(PyTypeObject* type, PyObject* const fields[9]) {
+  PyObject* out = nullptr;
+  bool complete = true;
+  for (int i = 0; i < kFields; ++i) complete = complete && fields[i] != nullptr;
+  if (complete) out = type->tp_alloc(type, 0);
+  if (out == nullptr) {
+    for (int i = 0; i < kFields; ++i) Py_XDECREF(fields[i]);
+    return nullptr;
+  }
+  PyObject** f = reinterpret_cast<PartitionObject*>(out)->fields;
+  for (int i = 0; i < kFields; ++i) f[i] = fields[i];
+  return out;
+}
+
 py::object MakeDecideFn(const cic::Plan& plan, py::object partition_type, py::list pieces,
                         py::object as_real) {
-  PyTypeObject* base = PartitionBaseType();
-  if (!PyType_Check(partition_type.ptr()) ||
-      !PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(partition_type.ptr()), base)) {
-    throw py::type_error("decide_fn: partition_type must be a subclass of PartitionBase");
-  }
+  CheckPartitionType(partition_type, "decide_fn");
   if (!PyCallable_Check(as_real.ptr())) throw py::type_error("decide_fn: as_real must be callable");
   if (static_cast<int32_t>(pieces.size()) != plan.num_partitions()) {
     throw py::value_error("decide_fn: pieces has " + std::to_string(pieces.size()) +

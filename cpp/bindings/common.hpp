@@ -100,6 +100,11 @@ class GraphHandle {
 // bind_partition.cpp: _core.PartitionBase, and the fast decide callable
 // built on it (Plan.decide_fn).
 PyTypeObject* PartitionBaseType();
+// Throws TypeError unless `type` is PartitionBase or a subclass.
+PyTypeObject* CheckPartitionType(py::handle type, const char* who);
+// A new instance of `type` (checked) with the nine fields in constructor
+// order; steals the nine references (also on failure). Null on error.
+PyObject* NewPartition(PyTypeObject* type, PyObject* const fields[9]);
 py::object MakeDecideFn(const cic::Plan& plan, py::object partition_type, py::list pieces,
                         py::object as_real);
 
