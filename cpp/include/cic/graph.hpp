@@ -90,12 +90,12 @@ class Graph {
     PushRelabel flow_;         // capacities, residuals, labels, buckets
     std::vector<double> seconds_;       // per sender: transfer cost at this bandwidth
     std::vector<int32_t> chain_best_;   // per chain: last member on the device if split
-    std::vector<uint8_t> on_device_;    // scratch for the all-device comparison
   };
 
   // Validates the costs (finite, >= 0; the message names array and index)
   // and builds the flow network once. `dag` is taken by value (move it in).
-  // The three arrays have dag.num_nodes() entries each and are copied.
+  // The three arrays have dag.num_nodes() entries each and are copied. On
+  // failure `out` is unspecified: do not solve on it.
   static Result Create(Dag dag, const double* device_s, const double* server_s,
                        const double* out_bytes, Graph* out, const GraphOptions& options) {
     const int32_t n = dag.num_nodes();
