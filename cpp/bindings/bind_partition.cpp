@@ -151,11 +151,18 @@ PyType_Slot g_partition_slots[] = {
     {0, nullptr},
 };
 
+#ifdef Py_TPFLAGS_IMMUTABLETYPE  // 3.10+: no attribute assignment on the type itself
+constexpr unsigned long kImmutableType = Py_TPFLAGS_IMMUTABLETYPE;
+#else
+constexpr unsigned long kImmutableType = 0;
+#endif
+
 PyType_Spec g_partition_spec = {
     "cic_fast._core.PartitionBase",
     static_cast<int>(sizeof(PartitionObject)),
     0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    static_cast<unsigned int>(Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC |
+                              kImmutableType),
     g_partition_slots,
 };
 
