@@ -19,6 +19,7 @@ namespace {
 using cic_bind::BoolArray;
 using cic_bind::Check;
 using cic_bind::F64Array;
+using cic_bind::GraphHandle;
 using cic_bind::Int64Array;
 
 void CheckVector(const F64Array& a, const char* name, py::ssize_t n) {
@@ -33,14 +34,12 @@ void CheckVector(const F64Array& a, const char* name, py::ssize_t n) {
 uint8_t* Bytes(BoolArray& a) { return reinterpret_cast<uint8_t*>(a.mutable_data()); }
 
 // (on_device, sent, latency_s, device_s, transfer_s, server_s, rtt_s, bytes_sent)
-py::tuple Pack(const cic::Graph& g, BoolArray on_device, const cic::Breakdown& b) {
-  Int64Array sent(static_cast<py::ssize_t>(b.num_sent));
-  g.FillSent(reinterpret_cast<const uint8_t*>(on_device.data()), sent.mutable_data());
+py::tuple Pack(BoolArray on_device, Int64Array sent, const cic::Breakdown& b) {
   return py::make_tuple(std::move(on_device), std::move(sent), b.latency_s, b.device_s,
                         b.transfer_s, b.server_s, b.rtt_s, b.bytes_sent);
 }
 
-std::unique_ptr<cic::Graph> MakeGraph(const Int64Array& edges, const F64Array& device_s,
+std::unique_ptr<GraphHandle> MakeGraph(const Int64Array& edges, const F64Array& device_s,
                                       const F64Array& server_s, const F64Array& out_bytes) {
   if (edges.ndim() != 2 || edges.shape(1) != 2) {
     throw py::value_error("edges must have shape (E, 2)");
@@ -49,64 +48,110 @@ std::unique_ptr<cic::Graph> MakeGraph(const Int64Array& edges, const F64Array& d
   const py::ssize_t n = device_s.shape(0);
   CheckVector(server_s, "server_s", n);
   CheckVector(out_bytes, "out_bytes", n);
-  auto graph = std::make_unique<cic::Graph>();
+  auto handle = std::make_unique<GraphHandle>();
   cic::Dag dag;
   Check(cic::Dag::Build(n, edges.data(), edges.shape(0), &dag));
   Check(cic::Graph::Create(std::move(dag), device_s.data(), server_s.data(),
-                           out_bytes.data(), graph.get()));
-  return graph;
+                           out_bytes.data(), &handle->graph));
+  return handle;
 }
 
 }  // namespace
 
 void BindGraph(py::module_& m) {
-  py::class_<cic::Graph>(m, "Graph")
+  py::class_<GraphHandle>(m, "Graph")
       .def(py::init(&MakeGraph), py::arg("edges"), py::arg("device_s"), py::arg("server_s"),
            py::arg("out_bytes"),
            "Validate a layer DAG and its costs and build its flow network once.")
       .def(
           "min_cut",
-          [](cic::Graph& g, double bandwidth_bps, double rtt_s) {
+          [](GraphHandle& h, double bandwidth_bps, double rtt_s) {
+            const cic::Graph& g = h.graph;
             BoolArray on_device(g.num_nodes());
             uint8_t* out = Bytes(on_device);
             cic::Breakdown b;
             cic::Result r;
+            GraphHandle::Lease slot(h);
             {
+              // The solve and the sent-set scan run without the GIL on a
+              // pooled workspace: calls from several threads run in parallel.
               py::gil_scoped_release release;
-              r = g.MinCut(bandwidth_bps, rtt_s, out, &b);
+              r = g.MinCut(bandwidth_bps, rtt_s, out, &b, slot.workspace());
+              if (r.ok()) {
+                slot.sent().resize(static_cast<size_t>(b.num_sent));
+                g.FillSent(out, slot.sent().data());
+              }
             }
             Check(r);
-            return Pack(g, std::move(on_device), b);
+            return Pack(std::move(on_device), Int64Array(b.num_sent, slot.sent().data()), b);
           },
           py::arg("bandwidth_bps"), py::arg("rtt_s") = 0.0,
           "Exact optimum: (on_device, sent, latency_s, device_s, transfer_s, server_s, "
-          "rtt_s, bytes_sent).")
+          "rtt_s, bytes_sent). Thread-safe; the solve releases the GIL.")
+      .def(
+          "min_cut_as",
+          [](GraphHandle& h, py::handle partition_type, double bandwidth_bps, double rtt_s) {
+            PyTypeObject* type = cic_bind::CheckPartitionType(partition_type, "min_cut_as");
+            const cic::Graph& g = h.graph;
+            BoolArray on_device(g.num_nodes());
+            uint8_t* out = Bytes(on_device);
+            cic::Breakdown b;
+            cic::Result r;
+            GraphHandle::Lease slot(h);
+            {
+              py::gil_scoped_release release;
+              r = g.MinCut(bandwidth_bps, rtt_s, out, &b, slot.workspace());
+              if (r.ok()) {
+                slot.sent().resize(static_cast<size_t>(b.num_sent));
+                g.FillSent(out, slot.sent().data());
+              }
+            }
+            Check(r);
+            Int64Array sent(b.num_sent, slot.sent().data());
+            // Constructor order; bytes_sent as int(bytes) like the package's Partition.
+            PyObject* const fields[9] = {
+                on_device.release().ptr(),       PyFloat_FromDouble(b.latency_s),
+                PyFloat_FromDouble(b.device_s),  PyFloat_FromDouble(b.transfer_s),
+                PyFloat_FromDouble(b.server_s),  PyFloat_FromDouble(b.rtt_s),
+                PyLong_FromDouble(b.bytes_sent), sent.release().ptr(),
+                PyFloat_FromDouble(bandwidth_bps)};
+            PyObject* p = cic_bind::NewPartition(type, fields);
+            if (p == nullptr) throw py::error_already_set();
+            return py::reinterpret_steal<py::object>(p);
+          },
+          py::arg("partition_type"), py::arg("bandwidth_bps"), py::arg("rtt_s") = 0.0,
+          "min_cut's optimum as an instance of partition_type (a PartitionBase subclass), "
+          "built in C: one call, no tuple. Thread-safe; the solve releases the GIL.")
       .def(
           "evaluate",
-          [](const cic::Graph& g, BoolArray on_device, double bandwidth_bps, double rtt_s) {
+          [](const GraphHandle& h, BoolArray on_device, double bandwidth_bps, double rtt_s) {
+            const cic::Graph& g = h.graph;
             if (on_device.ndim() != 1 || on_device.shape(0) != g.num_nodes()) {
               throw py::value_error("on_device must have length " +
                                     std::to_string(g.num_nodes()) + " (one entry per node)");
             }
             cic::Breakdown b;
-            Check(g.Evaluate(reinterpret_cast<const uint8_t*>(on_device.data()), bandwidth_bps,
-                             rtt_s, &b));
-            return Pack(g, std::move(on_device), b);
+            const auto* on = reinterpret_cast<const uint8_t*>(on_device.data());
+            Check(g.Evaluate(on, bandwidth_bps, rtt_s, &b));
+            Int64Array sent(static_cast<py::ssize_t>(b.num_sent));
+            g.FillSent(on, sent.mutable_data());
+            return Pack(std::move(on_device), std::move(sent), b);
           },
           py::arg("on_device"), py::arg("bandwidth_bps"), py::arg("rtt_s") = 0.0,
           "Price a valid partition; same tuple as min_cut.")
-      .def_property_readonly("n_nodes", &cic::Graph::num_nodes)
-      .def_property_readonly("n_edges", [](const cic::Graph& g) { return g.dag().num_edges(); })
+      .def_property_readonly("n_nodes", [](const GraphHandle& h) { return h.graph.num_nodes(); })
+      .def_property_readonly("n_edges",
+                             [](const GraphHandle& h) { return h.graph.dag().num_edges(); })
       .def_property_readonly("inputs",
-                             [](const cic::Graph& g) {
-                               const auto& in = g.dag().inputs();
+                             [](const GraphHandle& h) {
+                               const auto& in = h.graph.dag().inputs();
                                Int64Array a(static_cast<py::ssize_t>(in.size()));
                                for (size_t i = 0; i < in.size(); ++i) a.mutable_data()[i] = in[i];
                                return a;
                              })
       .def_property_readonly("edges",
-                             [](const cic::Graph& g) {
-                               const cic::Dag& d = g.dag();
+                             [](const GraphHandle& h) {
+                               const cic::Dag& d = h.graph.dag();
                                Int64Array a({static_cast<py::ssize_t>(d.num_edges()),
                                              static_cast<py::ssize_t>(2)});
                                int64_t* out = a.mutable_data();
@@ -118,9 +163,23 @@ void BindGraph(py::module_& m) {
                                }
                                return a;
                              })
-      .def_property_readonly("device_s", [](const cic::Graph& g) { return F64Array(g.device_s().size(), g.device_s().data()); })
-      .def_property_readonly("server_s", [](const cic::Graph& g) { return F64Array(g.server_s().size(), g.server_s().data()); })
-      .def_property_readonly("out_bytes", [](const cic::Graph& g) { return F64Array(g.out_bytes().size(), g.out_bytes().data()); })
-      .def_property_readonly("network_nodes", &cic::Graph::network_nodes)
-      .def_property_readonly("network_arc_pairs", &cic::Graph::network_arc_pairs);
+      .def_property_readonly("device_s",
+                             [](const GraphHandle& h) {
+                               const auto& v = h.graph.device_s();
+                               return F64Array(static_cast<py::ssize_t>(v.size()), v.data());
+                             })
+      .def_property_readonly("server_s",
+                             [](const GraphHandle& h) {
+                               const auto& v = h.graph.server_s();
+                               return F64Array(static_cast<py::ssize_t>(v.size()), v.data());
+                             })
+      .def_property_readonly("out_bytes",
+                             [](const GraphHandle& h) {
+                               const auto& v = h.graph.out_bytes();
+                               return F64Array(static_cast<py::ssize_t>(v.size()), v.data());
+                             })
+      .def_property_readonly("network_nodes",
+                             [](const GraphHandle& h) { return h.graph.network_nodes(); })
+      .def_property_readonly("network_arc_pairs",
+                             [](const GraphHandle& h) { return h.graph.network_arc_pairs(); });
 }

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <structmember.h>
 
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -22,21 +23,24 @@ namespace {
 using cic_bind::BoolArray;
 using cic_bind::Check;
 using cic_bind::F64Array;
+using cic_bind::GraphHandle;
 using cic_bind::Int64Array;
 
-std::unique_ptr<cic::Plan> BuildPlan(cic::Graph& g, double rtt_s) {
+std::unique_ptr<cic::Plan> BuildPlan(GraphHandle& h, double rtt_s) {
   auto plan = std::make_unique<cic::Plan>();
   cic::Result r;
   {
     py::gil_scoped_release release;
-    r = cic::Plan::Build(g, rtt_s, plan.get());
+    GraphHandle::Lease slot(h);
+    r = cic::Plan::Build(h.graph, rtt_s, plan.get(), slot.workspace());
   }
   Check(r);
   return plan;
 }
 
-std::unique_ptr<cic::Plan> PlanFromPartitions(const cic::Graph& g, double rtt_s,
+std::unique_ptr<cic::Plan> PlanFromPartitions(const GraphHandle& h, double rtt_s,
                                               const BoolArray& parts) {
+  const cic::Graph& g = h.graph;
   if (parts.ndim() != 2 || parts.shape(1) != g.num_nodes()) {
     throw py::value_error("partitions must have shape (K, " + std::to_string(g.num_nodes()) +
                           ")");
@@ -168,13 +172,13 @@ py::object MakeDecider(const cic::Plan& plan, py::object type, py::tuple fields,
   return py::reinterpret_steal<py::object>(fn);
 }
 
-py::tuple PlanCompressedPy(cic::Graph& g, double rtt_s) {
+py::tuple PlanCompressedPy(const GraphHandle& h, double rtt_s) {
   auto plan = std::make_unique<cic::Plan>();
   cic::Compressed c;
   cic::Result r;
   {
     py::gil_scoped_release release;
-    r = cic::PlanCompressed(g, rtt_s, plan.get(), &c);
+    r = cic::Plan::BuildCompressed(h.graph, rtt_s, plan.get(), &c);
   }
   Check(r);
   py::dict stats;
@@ -227,8 +231,14 @@ void BindPlan(py::module_& m) {
           },
           py::arg("k"),
           "Partition k: (on_device, sent, device_s, server_s, rtt_s, bytes_sent).")
-      .def("segment", &cic::Plan::Segment, py::arg("bandwidth_bps"),
-           "Index of the partition optimal at a bandwidth (binary search).")
+      .def(
+          "segment",
+          [](const cic::Plan& p, double bw) {
+            if (std::isnan(bw)) throw py::value_error("bandwidth_bps must not be NaN");
+            return p.Segment(bw);
+          },
+          py::arg("bandwidth_bps"),
+          "Index of the partition optimal at a bandwidth (binary search).")
       .def(
           "decide",
           [](const cic::Plan& p, double bw) {
@@ -242,16 +252,22 @@ void BindPlan(py::module_& m) {
           "(k, latency_s, device_s, transfer_s, server_s, rtt_s, bytes_sent).")
       .def("decider", &MakeDecider, py::arg("partition_type"), py::arg("fields"),
            py::arg("as_real"), py::arg("pieces"),
-           "A fast decide(bandwidth_bps) -> partition_type callable (internal).");
+           "A fast decide(bandwidth_bps) -> partition_type callable (internal; deprecated "
+           "by decide_fn).")
+      .def("decide_fn", &cic_bind::MakeDecideFn, py::arg("partition_type"), py::arg("pieces"),
+           py::arg("as_real"),
+           "decide(bandwidth_bps) -> partition_type, in C: partition_type must subclass "
+           "PartitionBase; pieces are K tuples (on_device, sent, device_s, server_s, rtt_s, "
+           "bytes_sent); as_real(value, name) converts a non-float bandwidth.");
 
   m.def(
       "compress",
-      [](const cic::Graph& g, bool passthrough, bool chains, bool blocks) {
+      [](const GraphHandle& h, bool passthrough, bool chains, bool blocks) {
         cic::Compressed c;
         cic::Result r;
         {
           py::gil_scoped_release release;
-          r = cic::Compress(g, &c, cic::CompressOptions{passthrough, chains, blocks});
+          r = cic::Compress(h.graph, &c, cic::CompressOptions{passthrough, chains, blocks});
         }
         Check(r);
         const py::ssize_t e = static_cast<py::ssize_t>(c.edges.size() / 2);

@@ -5,10 +5,12 @@
 namespace py = pybind11;
 
 void BindGraph(py::module_& m);
+void BindPartition(py::module_& m);
 void BindPlan(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "cic_fast C++ core (private; use the cic_fast package)";
   BindGraph(m);
+  BindPartition(m);
   BindPlan(m);
 }

@@ -6,6 +6,7 @@
 
 #include "cic/compress.hpp"
 #include "cic/graph.hpp"
+#include "cic/plan.hpp"
 #include "test_util.hpp"
 
 using cic_test::BruteForce;
@@ -259,7 +260,7 @@ TEST_CASE("compress: the plan on the compressed graph equals the full plan") {
     cic::Plan full, small;
     cic::Compressed c;
     REQUIRE(cic::Plan::Build(g, rtt, &full).ok());
-    REQUIRE(cic::PlanCompressed(g, rtt, &small, &c).ok());
+    REQUIRE(cic::Plan::BuildCompressed(g, rtt, &small, &c).ok());
     CAPTURE(trial);
     CHECK(small.num_partitions() == full.num_partitions());
     CHECK(small.num_solves() <= 2 * small.num_partitions() + 1);

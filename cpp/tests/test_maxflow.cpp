@@ -35,11 +35,13 @@ TEST_CASE("maxflow: hand-drawn network, flow value and both sides") {
   // s feeds a (5) and b (4); a->b 3, a->t 2, b->t 6. Max flow 8: a sends 2 to
   // t and 3 to b, b sends 6 of its 7 to t. Min cut value 8 = {a->t, b->t}.
   // Node ids: a=0, b=1, t=2.
+  cic::FlowNetwork net;
+  net.Reset(4, 3, 2);
+  const int ab = net.AddPair(0, 1), at = net.AddPair(0, 2), bt = net.AddPair(1, 2);
+  const int sa = net.AddPair(3, 0), sb = net.AddPair(3, 1);
+  net.Finalize();
   PushRelabel f;
-  f.Reset(4, 3, 2);
-  const int ab = f.AddPair(0, 1), at = f.AddPair(0, 2), bt = f.AddPair(1, 2);
-  const int sa = f.AddPair(3, 0), sb = f.AddPair(3, 1);
-  f.Finalize();
+  f.Bind(net);
   f.SetPair(ab, 3, 0);
   f.SetPair(at, 2, 0);
   f.SetPair(bt, 6, 0);
@@ -64,10 +66,12 @@ TEST_CASE("maxflow: hand-drawn network, flow value and both sides") {
 
 TEST_CASE("maxflow: infinite arcs never cut; reuse across solves") {
   // s -10-> a -inf-> b -> t (7 + round): a and b on the source side.
+  cic::FlowNetwork net;
+  net.Reset(4, 3, 2);
+  const int ab = net.AddPair(0, 1), bt = net.AddPair(1, 2), sa = net.AddPair(3, 0);
+  net.Finalize();
   PushRelabel f;
-  f.Reset(4, 3, 2);
-  const int ab = f.AddPair(0, 1), bt = f.AddPair(1, 2), sa = f.AddPair(3, 0);
-  f.Finalize();
+  f.Bind(net);
   f.SetPair(ab, PushRelabel::kInfinity, 0);
   f.SetPair(sa, 10, 0);
   for (int round = 0; round < 3; ++round) {
@@ -86,8 +90,8 @@ TEST_CASE("maxflow: random networks against brute-force cut enumeration") {
   for (int trial = 0; trial < 600; ++trial) {
     const int n = 2 + rng.Below(9);  // node n-2 is the source, n-1 the sink
     const int s = n - 2, t = n - 1;
-    PushRelabel f;
-    f.Reset(n, s, t);
+    cic::FlowNetwork net;
+    net.Reset(n, s, t);
     std::vector<int> tail, head;
     std::vector<Cap> fwd, bwd;
     for (int u = 0; u < n; ++u) {
@@ -98,10 +102,12 @@ TEST_CASE("maxflow: random networks against brute-force cut enumeration") {
         head.push_back(v);
         fwd.push_back(!terminal && rng.Below(4) == 0 ? PushRelabel::kInfinity : rng.Below(20));
         bwd.push_back(rng.Below(3) == 0 ? rng.Below(20) : 0);
-        f.AddPair(u, v);
+        net.AddPair(u, v);
       }
     }
-    f.Finalize();
+    net.Finalize();
+    PushRelabel f;
+    f.Bind(net);
     for (size_t i = 0; i < tail.size(); ++i) f.SetPair(static_cast<int>(i), fwd[i], bwd[i]);
     Cap best = std::numeric_limits<Cap>::max();
     std::vector<bool> side(n);

@@ -31,10 +31,11 @@
 #include <utility>
 #include <vector>
 
+#include "cic/cost.hpp"
 #include "cic/dag.hpp"
+#include "cic/envelope.hpp"
 #include "cic/graph.hpp"
-#include "cic/maxflow.hpp"
-#include "cic/plan.hpp"
+#include "cic/search.hpp"
 #include "cic/status.hpp"
 
 namespace cic {
@@ -181,12 +182,11 @@ inline int32_t PassThroughOnce(Work* w) {
   return merges;
 }
 
-// Rule 2: chain pruning. A link is an edge (u, v) with v the only successor
-// of u and u the only predecessor of v; maximal runs of links are chains
-// c_1 -> ... -> c_k. A valid partition puts a prefix c_1..c_j of a chain on
+// Rule 2: chain pruning. The chains are Dag::FindLinks's: maximal runs
+// c_1 -> ... -> c_k of links (v the only successor of u, u the only
+// predecessor of v). A valid partition puts a prefix c_1..c_j of a chain on
 // the device (closure). Splitting after c_j (1 <= j < k) costs, inside the
-// chain, A_j + B_j * x with x = 1 / bandwidth,
-//   A_j = d_1 + .. + d_j + s_{j+1} + .. + s_k,  B_j = 8 out_bytes[c_j],
+// chain, A_j + B_j * x with x = 1 / bandwidth (cost.hpp: ChainSplitLines),
 // and every split offloads (c_k in S) and shows the rest of the graph the
 // same thing (c_1 in D, c_k in S). So a split j whose line is nowhere
 // strictly below the lower envelope of the split lines over x > 0 can be
@@ -194,21 +194,17 @@ inline int32_t PassThroughOnce(Work* w) {
 // positions off the envelope merge away. Each run between two kept split
 // positions becomes one node (costs summed; its out_bytes those of its last
 // member, which is what it sends; the last run's last member is c_k, so the
-// chain's external output is unchanged). A chain that starts at an input
-// keeps its first run an input, as it must be.
+// chain's external output is unchanged). A chain headed by an input (the
+// detector's input case): its first run contains c_1 and no other member has
+// an in-edge from outside the chain, so the first run is an input, as it must
+// be; the argument above uses only split positions, all valid with c_1 in D.
 inline int32_t ChainHull(Work* w) {
   const Dag& g = w->dag;
   const int32_t n = g.num_nodes();
-  std::vector<int32_t> next(n, -1);
-  std::vector<uint8_t> has_prev(n, 0);
-  for (int32_t u = 0; u < n; ++u) {
-    if (g.out_degree(u) != 1) continue;
-    const int32_t v = *g.succ_begin(u);
-    if (g.in_degree(v) == 1) {
-      next[u] = v;
-      has_prev[v] = 1;
-    }
-  }
+  std::vector<int32_t> next;
+  std::vector<uint8_t> has_prev;
+  g.FindLinks(nullptr, &next, &has_prev);
+  const LayerCosts costs{&g, w->d.data(), w->s.data(), w->bytes.data()};
   std::vector<int32_t> to(n, -1);
   std::vector<double> bytes;
   int32_t count = 0, removed = 0;
@@ -226,17 +222,7 @@ inline int32_t ChainHull(Work* w) {
     cut_after[k - 1] = 1;
     if (k >= 2) {
       lines.assign(k - 1, Line{});
-      double suffix = 0.0;
-      for (int32_t j = k - 2; j >= 0; --j) {
-        suffix += w->s[members[j + 1]];
-        lines[j].a = suffix;
-      }
-      double prefix = 0.0;
-      for (int32_t j = 0; j + 1 < k; ++j) {
-        prefix += w->d[members[j]];
-        lines[j].a += prefix;
-        lines[j].b = 8.0 * w->bytes[members[j]];
-      }
+      ChainSplitLines(costs, members.data(), k, lines.data());
       LowerEnvelope(lines, &pieces, &cross);
       for (int32_t j : pieces) cut_after[j] = 1;
     }
@@ -254,157 +240,6 @@ inline int32_t ChainHull(Work* w) {
   *w = Contract(*w, to, count, bytes, [](int32_t, int32_t) { return true; }, {});
   return removed;
 }
-
-// The min cut of one single-entry single-exit block with its entry e forced
-// onto the device and its exit o onto the server (e contracted into s, o
-// into t), for the block's own envelope search. The network is the DADS
-// construction of graph.hpp restricted to the block: terminal arcs for the
-// interior nodes, a transfer arc (through an auxiliary node when there are
-// several successors) for e and every interior node, infinite closure arcs.
-// Capacities are int64 fixed point with the scale chosen per solve so that
-// their finite sum stays below 2^60; transfer capacities are clamped to one
-// unit above the cut "whole interior on the server", which is finite, so a
-// cut using a clamped arc is never minimal.
-class BlockCut {
- public:
-  // `interior`: the block's nodes strictly between e and o, in a topological
-  // order; every edge into them comes from e or the interior, every edge out
-  // of them goes to the interior or o.
-  void Init(const Work* w, int32_t e, int32_t o, const std::vector<int32_t>* interior) {
-    w_ = w;
-    e_ = e;
-    o_ = o;
-    interior_ = interior;
-    const Dag& g = w->dag;
-    const int32_t m = static_cast<int32_t>(interior->size());
-    // local_ is kept across blocks (one BlockCut serves every block of a
-    // graph): only the previous block's entries are reset, so the cost stays
-    // proportional to the block, not to the graph.
-    if (local_.size() != static_cast<size_t>(g.num_nodes())) local_.assign(g.num_nodes(), -1);
-    for (int32_t v : members_) local_[v] = -1;
-    members_.assign(interior->begin(), interior->end());
-    for (int32_t i = 0; i < m; ++i) local_[(*interior)[i]] = i;
-    senders_.clear();
-    senders_.push_back(e);
-    senders_.insert(senders_.end(), interior->begin(), interior->end());
-    int32_t count = m;
-    std::vector<int32_t> aux(senders_.size(), -1);
-    for (size_t i = 0; i < senders_.size(); ++i) {
-      if (g.out_degree(senders_[i]) >= 2) aux[i] = count++;
-    }
-    sink_ = count++;
-    source_ = count++;
-    flow_.Reset(count, source_, sink_);
-    terminal_.clear();
-    transfer_.clear();
-    to_sink_.clear();
-    std::vector<int32_t> infinite;
-    for (int32_t i = 0; i < m; ++i) {
-      terminal_.push_back(flow_.AddPair(source_, i));  // server time
-      terminal_.push_back(flow_.AddPair(i, sink_));    // device time
-    }
-    for (size_t i = 0; i < senders_.size(); ++i) {
-      const int32_t u = senders_[i];
-      const int32_t tail = u == e ? source_ : local_[u];
-      auto node = [&](int32_t x) { return x == o ? sink_ : local_[x]; };
-      if (aux[i] >= 0) {
-        transfer_.push_back({flow_.AddPair(tail, aux[i]), false});
-        for (const int32_t* x = g.succ_begin(u); x != g.succ_end(u); ++x) {
-          // Arcs at t must be finite: u'->t gets the clamp bound instead,
-          // above every minimal cut just as infinity is.
-          (*x == o ? to_sink_ : infinite).push_back(flow_.AddPair(aux[i], node(*x)));
-        }
-      } else {
-        const int32_t head = node(*g.succ_begin(u));
-        transfer_.push_back({flow_.AddPair(tail, head), tail != source_ && head != sink_});
-      }
-      if (u == e) continue;
-      for (const int32_t* x = g.succ_begin(u); x != g.succ_end(u); ++x) {
-        if (*x == o) continue;
-        if (aux[i] < 0) continue;  // the transfer pair carries the closure
-        infinite.push_back(flow_.AddPair(local_[*x], local_[u]));
-      }
-    }
-    flow_.Finalize();
-    for (int32_t p : infinite) flow_.SetPair(p, PushRelabel::kInfinity, 0);
-    on_.assign(m, 0);
-  }
-
-  // Solves at x = 1 / bandwidth: on()[i] = 1 if interior node i is on the
-  // device; returns the block's line (interior compute; bits sent by e and
-  // the interior) of that partition, recomputed from it.
-  Result Solve(double x, Line* line) {
-    const Dag& g = w_->dag;
-    const int32_t m = static_cast<int32_t>(interior_->size());
-    double all_server = 0.0, total = 0.0;
-    for (int32_t v : *interior_) {
-      all_server += w_->s[v];
-      total += w_->d[v] + w_->s[v];
-    }
-    const double ref = all_server + 8.0 * w_->bytes[e_] * x;  // the all-server cut
-    const double sum =
-        total + static_cast<double>(transfer_.size() + to_sink_.size() + 1) * ref;
-    if (!std::isfinite(sum)) return Result::Overflow("block costs overflow (overflow)");
-    int exponent = 0;
-    if (sum > 0.0) std::frexp(sum, &exponent);
-    const int shift = 60 - exponent;
-    auto units = [&](double seconds) {
-      return static_cast<PushRelabel::Cap>(std::ldexp(seconds, shift) + 0.5);
-    };
-    const PushRelabel::Cap bound = units(ref) + 1;
-    for (int32_t i = 0; i < m; ++i) {
-      const int32_t v = (*interior_)[i];
-      const double lo = std::min(w_->d[v], w_->s[v]);
-      flow_.SetPair(terminal_[2 * i], units(w_->s[v] - lo), 0);
-      flow_.SetPair(terminal_[2 * i + 1], units(w_->d[v] - lo), 0);
-    }
-    for (size_t i = 0; i < senders_.size(); ++i) {
-      const double t = 8.0 * w_->bytes[senders_[i]] * x;
-      const PushRelabel::Cap c = t >= std::ldexp(static_cast<double>(bound), -shift)
-                                     ? bound
-                                     : std::min(units(t), bound);
-      flow_.SetPair(transfer_[i].pair, c, transfer_[i].closure ? PushRelabel::kInfinity : 0);
-    }
-    for (int32_t p : to_sink_) flow_.SetPair(p, bound, 0);
-    flow_.Solve();
-    for (int32_t i = 0; i < m; ++i) on_[i] = flow_.OnSourceSide(i) ? 1 : 0;
-    // The line, from the partition.
-    line->a = 0.0;
-    line->b = 0.0;
-    for (int32_t i = 0; i < m; ++i) {
-      const int32_t v = (*interior_)[i];
-      line->a += on_[i] ? w_->d[v] : w_->s[v];
-    }
-    for (int32_t u : senders_) {
-      if (u != e_ && !on_[local_[u]]) continue;
-      for (const int32_t* x2 = g.succ_begin(u); x2 != g.succ_end(u); ++x2) {
-        if (*x2 == o_ || !on_[local_[*x2]]) {
-          line->b += 8.0 * w_->bytes[u];
-          break;
-        }
-      }
-    }
-    return Result::Ok();
-  }
-
-  const std::vector<uint8_t>& on() const { return on_; }
-
- private:
-  struct Transfer {
-    int32_t pair;
-    bool closure;
-  };
-  const Work* w_ = nullptr;
-  int32_t e_ = 0, o_ = 0;
-  const std::vector<int32_t>* interior_ = nullptr;
-  std::vector<int32_t> local_, members_, senders_;
-  std::vector<int32_t> terminal_;
-  std::vector<Transfer> transfer_;
-  std::vector<int32_t> to_sink_;  // u'->t pairs, capacity = the clamp bound
-  int32_t source_ = 0, sink_ = 0;
-  PushRelabel flow_;
-  std::vector<uint8_t> on_;
-};
 
 // Rule 3: cut vertices and single-entry single-exit blocks.
 //
@@ -424,8 +259,17 @@ class BlockCut {
 // split, which the rest of the graph cannot see (its edges touch only e and
 // o). Such a split costs A_P + B_P * x, A_P the interior compute and B_P the
 // bits sent by e and the interior. So only the lower envelope over x > 0 of
-// the internal splits matters; it is found by the Eisner-Severance search on
-// the block with e forced to D and o to S (BlockCut), exactly as the plan is.
+// the internal splits matters.
+//
+// The block as a Graph. Its internal splits are exactly the valid partitions
+// of the Graph on {e} + I + {o} with the block's edges, e's and o's compute
+// set to 0 (paid outside: e in D and o in S in every split), o's output set
+// to 0 and o pinned to the server (GraphOptions::on_server; e, the only
+// input, is on the device as every input is). The cost model prices such a
+// partition at device + server = A_P and 8 * bytes_sent = B_P (LineOf at rtt
+// 0), so the envelope is found by the same search as the plan's
+// (search.hpp: SearchGraph), on the same network construction and scale
+// (network.hpp, whose comment covers the pinned exit).
 //
 // Replacement. If the envelope pieces, together with "interior all on the
 // server" (P_0, which sends e's output) and "interior all on the device"
@@ -476,58 +320,74 @@ inline int32_t Blocks(Work* w, std::vector<std::pair<std::string, double>>* stat
   std::vector<int32_t> path_of(n, -1);
   int32_t next_id = n;
   std::vector<uint8_t> replaced_entry(n, 0);
-  BlockCut cut;
+  // One block Graph, workspace and search result serve every block (their
+  // memory is reused; a Graph re-created in place re-binds the workspace).
+  Graph block;
+  Graph::Workspace ws;
+  Candidates found;
+  GraphOptions options;
+  std::vector<int64_t> local_edges;
+  std::vector<double> local_d, local_s, local_bytes;
+  std::vector<uint8_t> on;
+  std::vector<int32_t> interior;
   for (size_t c = 0; c + 1 < cuts.size(); ++c) {
     const int32_t e = cuts[c], o = cuts[c + 1];
     if (pos[o] - pos[e] < 2) continue;
-    std::vector<int32_t> interior(order.begin() + pos[e] + 1, order.begin() + pos[o]);
+    interior.assign(order.begin() + pos[e] + 1, order.begin() + pos[o]);
     const int32_t m = static_cast<int32_t>(interior.size());
-    cut.Init(w, e, o, &interior);
-    std::vector<uint8_t> store;  // distinct interior partitions, m bytes each
-    auto oracle = [&](double x, Line* line, int32_t* id) -> Result {
-      Result r = cut.Solve(x, line);
-      if (!r.ok()) return r;
-      const auto& on = cut.on();
-      const size_t count = store.size() / static_cast<size_t>(m);
-      for (size_t k = 0; k < count; ++k) {
-        if (std::equal(on.begin(), on.end(), store.begin() + k * m)) {
-          *id = static_cast<int32_t>(k);
-          return Result::Ok();
-        }
+    // Local ids: e = 0, interior[i] = i + 1, o = m + 1 (the slice of the
+    // topological order: local = pos - pos[e]).
+    auto local = [&](int32_t v) { return pos[v] - pos[e]; };
+    local_edges.clear();
+    local_d.assign(m + 2, 0.0);
+    local_s.assign(m + 2, 0.0);
+    local_bytes.assign(m + 2, 0.0);
+    local_bytes[0] = w->bytes[e];
+    for (int32_t i = -1; i < m; ++i) {
+      const int32_t u = i < 0 ? e : interior[i];
+      if (i >= 0) {
+        local_d[i + 1] = w->d[u];
+        local_s[i + 1] = w->s[u];
+        local_bytes[i + 1] = w->bytes[u];
       }
-      store.insert(store.end(), on.begin(), on.end());
-      *id = static_cast<int32_t>(count);
-      return Result::Ok();
-    };
-    std::vector<Line> lines;
-    std::vector<int32_t> ids;
-    int32_t solves = 0;
-    Result r = SearchEnvelope(oracle, 1.0 / Plan::kMaxBandwidth, 1.0 / Plan::kMinBandwidth,
-                              &lines, &ids, &solves);
-    solves_total += solves;
+      for (const int32_t* x = g.succ_begin(u); x != g.succ_end(u); ++x) {
+        local_edges.push_back(local(u));
+        local_edges.push_back(local(*x));
+      }
+    }
+    options.on_server.assign(m + 2, 0);
+    options.on_server[m + 1] = 1;
+    Dag dag;
+    // Cannot fail: a sub-DAG. Create fails only on overflow.
+    (void)Dag::Build(m + 2, local_edges.data(), static_cast<int64_t>(local_edges.size() / 2),
+                     &dag);
+    Result r = Graph::Create(std::move(dag), local_d.data(), local_s.data(), local_bytes.data(),
+                             &block, options);
+    if (r.ok()) r = SearchGraph(block, 0.0, &ws, &found);
     if (!r.ok()) return -1;
+    solves_total += found.num_solves;
     std::vector<int32_t> pieces;
     std::vector<double> cross;
-    LowerEnvelope(lines, &pieces, &cross);
+    LowerEnvelope(found.lines, &pieces, &cross);
     // Candidate sets in order of x: {} , pieces..., I; nested and distinct.
     std::vector<std::vector<uint8_t>> sets;
     sets.emplace_back(m, 0);
     for (int32_t p : pieces) {
-      const uint8_t* on = store.data() + static_cast<size_t>(ids[p]) * m;
-      sets.emplace_back(on, on + m);
+      const uint8_t* in = found.part(p) + 1;  // the interior's entries
+      sets.emplace_back(in, in + m);
     }
     sets.emplace_back(m, 1);
     std::vector<std::vector<uint8_t>> chain;
     bool nested = true;
-    for (const auto& s : sets) {
+    for (const auto& set : sets) {
       if (!chain.empty()) {
         const auto& prev = chain.back();
-        if (prev == s) continue;
+        if (prev == set) continue;
         for (int32_t i = 0; i < m; ++i) {
-          if (prev[i] && !s[i]) nested = false;
+          if (prev[i] && !set[i]) nested = false;
         }
       }
-      chain.push_back(s);
+      chain.push_back(set);
     }
     if (!nested) {
       ++not_nested;
@@ -538,24 +398,14 @@ inline int32_t Blocks(Work* w, std::vector<std::pair<std::string, double>>* stat
     int32_t prev_node = e;
     for (int32_t j = 1; j <= path; ++j) {
       const int32_t id = next_id++;
-      double sent_bits = 0.0;
-      // Bits sent by chain[j]: e and members on the device with a successor
-      // off it (o counts as off).
-      const auto& on = chain[j];
-      for (int32_t i = -1; i < m; ++i) {
-        const int32_t u = i < 0 ? e : interior[i];
-        if (i >= 0 && !on[i]) continue;
-        for (const int32_t* x = g.succ_begin(u); x != g.succ_end(u); ++x) {
-          // The interior is the slice of the order after e: index = pos - pos[e] - 1.
-          if (*x == o || !on[pos[*x] - pos[e] - 1]) {
-            sent_bits += 8.0 * w->bytes[u];
-            break;
-          }
-        }
-      }
-      bytes.push_back(sent_bits / 8.0);
+      // What chain[j] sends (e and the interior members on the device with
+      // a successor off it; o is off), priced by the block Graph.
+      on.assign(m + 2, 0);
+      on[0] = 1;
+      std::copy(chain[j].begin(), chain[j].end(), on.begin() + 1);
+      bytes.push_back(SumPartition(block.costs(), on.data()).bytes_sent);
       for (int32_t i = 0; i < m; ++i) {
-        if (on[i] && !chain[j - 1][i]) path_of[interior[i]] = id;
+        if (chain[j][i] && !chain[j - 1][i]) path_of[interior[i]] = id;
       }
       extra.push_back(prev_node);
       extra.push_back(id);
@@ -666,39 +516,6 @@ inline Result Compress(const Graph& g, Compressed* out, const CompressOptions& o
   std::vector<int64_t> fill(c.expand_start.begin(), c.expand_start.end() - 1);
   for (int32_t v = 0; v < n; ++v) c.expand_nodes[fill[c.group[v]]++] = v;
   return Result::Ok();
-}
-
-// The plan of g (Plan::Build's result) computed on the compressed graph:
-// Compress, run the Eisner-Severance search there (a few nodes instead of
-// hundreds), expand the K partitions through `group` and re-price them on g
-// (Plan::FromPartitions). Exact by Compress's guarantee. num_solves() counts
-// the min-cuts on the compressed graph; `compressed` (may be null) receives
-// the compression and its statistics.
-inline Result PlanCompressed(Graph& g, double rtt_s, Plan* out, Compressed* compressed) {
-  Compressed local;
-  Compressed& c = compressed != nullptr ? *compressed : local;
-  Result r = Compress(g, &c);
-  if (!r.ok()) return r;
-  Dag dag;
-  r = Dag::Build(static_cast<int64_t>(c.device_s.size()), c.edges.data(),
-                 static_cast<int64_t>(c.edges.size() / 2), &dag);
-  if (!r.ok()) return r;
-  Graph small;
-  r = Graph::Create(std::move(dag), c.device_s.data(), c.server_s.data(), c.out_bytes.data(),
-                    &small);
-  if (!r.ok()) return r;
-  Plan plan;
-  r = Plan::Build(small, rtt_s, &plan);
-  if (!r.ok()) return r;
-  const int32_t n = g.num_nodes(), k = plan.num_partitions();
-  std::vector<uint8_t> parts(static_cast<size_t>(k) * n);
-  for (int32_t i = 0; i < k; ++i) {
-    const uint8_t* on = plan.on_device(i);
-    for (int32_t v = 0; v < n; ++v) parts[static_cast<size_t>(i) * n + v] = on[c.group[v]];
-  }
-  r = Plan::FromPartitions(g, rtt_s, parts.data(), k, out);
-  out->num_solves_ = plan.num_solves();
-  return r;
 }
 
 }  // namespace cic

@@ -156,6 +156,37 @@ class Dag {
   // A topological order (inputs first).
   const std::vector<int32_t>& topological_order() const { return topo_; }
 
+  // The chain detector (the one Graph and the compression both use). A link
+  // is an edge (u, v) with v the only successor of u and u the only
+  // predecessor of v; maximal runs of links are the chains c_1 -> ... -> c_k
+  // (k >= 2), on which a valid partition puts a prefix on the device. Writes
+  // next[u] = v for every link (u, v), -1 elsewhere, and has_prev[v] = 1 for
+  // the head v of every link, 0 elsewhere: the chains start at the nodes with
+  // next >= 0 and has_prev = 0. O(n + E).
+  //
+  // Inputs are not excluded. An input has no predecessor, so it can only be
+  // a chain's first member, and such a chain is an ordinary chain whose first
+  // member is pinned to the device: every split position is still a valid
+  // partition (c_1 in D) and only "the whole chain on the server" is not.
+  // Each user handles that case where it uses the chain: Graph's H node is
+  // then an input, contracted into the source (graph.hpp), and the chain
+  // pruning keeps the first run an input (compress.hpp).
+  //
+  // `exclude` (may be null) flags nodes that are in no link (Graph passes the
+  // nodes pinned to the server, which a chain must not absorb).
+  void FindLinks(const uint8_t* exclude, std::vector<int32_t>* next,
+                 std::vector<uint8_t>* has_prev) const {
+    next->assign(static_cast<size_t>(n_), -1);
+    has_prev->assign(static_cast<size_t>(n_), 0);
+    for (int32_t u = 0; u < n_; ++u) {
+      if (out_degree(u) != 1 || (exclude != nullptr && exclude[u])) continue;
+      const int32_t v = *succ_begin(u);
+      if (in_degree(v) != 1 || (exclude != nullptr && exclude[v])) continue;
+      (*next)[u] = v;
+      (*has_prev)[v] = 1;
+    }
+  }
+
  private:
   int32_t n_ = 0;
   std::vector<int32_t> succ_start_;

@@ -32,16 +32,26 @@
 // finite capacities stays below 2^61 (so no residual or excess can
 // overflow), that arcs at s and t are finite, and uses kInfinity for
 // uncuttable arcs.
+//
+// Problem and state. FlowNetwork is the topology (CSR arcs, immutable once
+// finalized, shareable by threads); PushRelabel is one solver's state over a
+// network (capacities, residuals, excess, labels, buckets, queue): one per
+// thread, reusable across solves and across networks. The arc capacities
+// that do not change between solves can be kept by the caller in one
+// arc-indexed array (FlowNetwork::SetPair) and copied in by Bind.
 #pragma once
 
 #include <algorithm>
+#include <cassert>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
 namespace cic {
 
-class PushRelabel {
+// The topology of a flow network: nodes 0..n-1, a source, a sink, and arc
+// pairs tail->head / head->tail laid out in CSR order by Finalize.
+class FlowNetwork {
  public:
   using Cap = int64_t;
   // Larger than any finite cut the caller may build (< 2^61), and small
@@ -50,26 +60,37 @@ class PushRelabel {
   static constexpr Cap kInfinity = Cap{1} << 62;
 
   // Starts a network of `num_nodes` nodes (0..num_nodes-1) with source
-  // `source` and sink `sink`.
+  // `source` and sink `sink` (distinct).
   void Reset(int32_t num_nodes, int32_t source, int32_t sink) {
+    assert(num_nodes >= 2 && source >= 0 && source < num_nodes && sink >= 0 &&
+           sink < num_nodes && source != sink);
     n_ = num_nodes;
     source_ = source;
     sink_ = sink;
+    finalized_ = false;
     tails_.clear();
     heads_.clear();
   }
 
-  // Declares the arc pair tail->head / head->tail; returns its id. Capacities
-  // (zero until then) are set with SetPair. Call before Finalize.
+  // Reserves room for `pairs` AddPair calls (optional).
+  void Reserve(int64_t pairs) {
+    tails_.reserve(static_cast<size_t>(pairs));
+    heads_.reserve(static_cast<size_t>(pairs));
+  }
+
+  // Declares the arc pair tail->head / head->tail; returns its id. Call
+  // between Reset and Finalize.
   int32_t AddPair(int32_t tail, int32_t head) {
+    assert(!finalized_ && "AddPair after Finalize");
+    assert(tail >= 0 && tail < n_ && head >= 0 && head < n_ && tail != head);
     tails_.push_back(tail);
     heads_.push_back(head);
     return static_cast<int32_t>(tails_.size()) - 1;
   }
 
-  // Lays the arcs out in CSR order and sizes every work array, so that
-  // Solve never allocates.
+  // Lays the arcs out in CSR order. After this the network is immutable.
   void Finalize() {
+    assert(!finalized_ && "Finalize twice");
     const int32_t pairs = static_cast<int32_t>(tails_.size());
     first_.assign(static_cast<size_t>(n_) + 1, 0);
     for (int32_t p = 0; p < pairs; ++p) {
@@ -80,8 +101,6 @@ class PushRelabel {
     const int32_t arcs = 2 * pairs;
     head_.assign(arcs, 0);
     rev_.assign(arcs, 0);
-    res_.assign(arcs, 0);
-    cap_.assign(arcs, 0);
     pair_arc_.assign(pairs, 0);
     std::vector<int32_t> fill(first_.begin(), first_.end() - 1);
     for (int32_t p = 0; p < pairs; ++p) {
@@ -93,31 +112,95 @@ class PushRelabel {
       rev_[b] = a;
       pair_arc_[p] = a;
     }
-    excess_.assign(n_, 0);
-    label_.assign(n_, 0);
-    current_.assign(n_, 0);
-    queue_.assign(n_, 0);
-    // Buckets for labels 0..n_-1: active nodes (singly linked stack) and all
-    // labelled nodes (doubly linked, for the gap heuristic).
-    active_head_.assign(n_, -1);
-    next_active_.assign(n_, -1);
-    all_head_.assign(n_, -1);
-    all_next_.assign(n_, -1);
-    all_prev_.assign(n_, -1);
+    tails_.clear();
     tails_.shrink_to_fit();
+    heads_.clear();
     heads_.shrink_to_fit();
+    finalized_ = true;
   }
 
+  bool finalized() const { return finalized_; }
   int32_t num_nodes() const { return n_; }
   int32_t num_pairs() const { return static_cast<int32_t>(pair_arc_.size()); }
+  int32_t num_arcs() const { return static_cast<int32_t>(head_.size()); }
+  int32_t source() const { return source_; }
+  int32_t sink() const { return sink_; }
+
+  // Writes pair `pair`'s capacities (forward = tail->head) into the
+  // arc-indexed array caps[0..num_arcs()).
+  void SetPair(Cap* caps, int32_t pair, Cap forward, Cap backward) const {
+    assert(finalized_ && "SetPair before Finalize");
+    assert(pair >= 0 && pair < num_pairs());
+    const int32_t a = pair_arc_[pair];
+    caps[a] = forward;
+    caps[rev_[a]] = backward;
+  }
+
+  // CSR arrays (valid after Finalize): arcs of v are first[v]..first[v+1],
+  // arc a goes to head[a] and rev[a] is its reverse.
+  const int32_t* first() const { return first_.data(); }
+  const int32_t* head() const { return head_.data(); }
+  const int32_t* rev() const { return rev_.data(); }
+  const int32_t* pair_arc() const { return pair_arc_.data(); }
+
+ private:
+  int32_t n_ = 0;
+  int32_t source_ = 0, sink_ = 0;
+  bool finalized_ = false;
+  std::vector<int32_t> tails_, heads_;  // pair endpoints until Finalize
+  std::vector<int32_t> first_, head_, rev_, pair_arc_;
+};
+
+// One solver's state over a FlowNetwork (see the header comment).
+class PushRelabel {
+ public:
+  using Cap = FlowNetwork::Cap;
+  static constexpr Cap kInfinity = FlowNetwork::kInfinity;
+
+  // Binds the solver to `net` (finalized; it must outlive the binding) and
+  // sets every capacity from `base` (net.num_arcs() entries, arc-indexed) or
+  // to zero. Sizes every work array, so that Solve never allocates; a solver
+  // may be re-bound to another network of any size (it allocates only when
+  // that network is larger than every one before).
+  void Bind(const FlowNetwork& net, const Cap* base = nullptr) {
+    assert(net.finalized() && "Bind to a network before its Finalize");
+    net_ = &net;
+    n_ = net.num_nodes();
+    source_ = net.source();
+    sink_ = net.sink();
+    num_arcs_ = net.num_arcs();
+    first_ = net.first();
+    head_ = net.head();
+    rev_ = net.rev();
+    if (base != nullptr) {
+      cap_.assign(base, base + num_arcs_);
+    } else {
+      cap_.assign(num_arcs_, 0);
+    }
+    res_.resize(num_arcs_);
+    excess_.resize(n_);
+    label_.resize(n_);
+    current_.resize(n_);
+    queue_.resize(n_);
+    // Buckets for labels 0..n_-1: active nodes (singly linked stack) and all
+    // labelled nodes (doubly linked, for the gap heuristic).
+    active_head_.resize(n_);
+    next_active_.resize(n_);
+    all_head_.resize(n_);
+    all_next_.resize(n_);
+    all_prev_.resize(n_);
+    solved_ = false;
+  }
+
+  const FlowNetwork* network() const { return net_; }
 
   // Sets the capacities of pair `pair` (forward = tail->head). They persist
   // across solves: each Solve starts from these capacities, so a caller
   // re-solving at a new bandwidth only re-sets the arcs that changed.
   void SetPair(int32_t pair, Cap forward, Cap backward) {
-    const int32_t a = pair_arc_[pair];
-    cap_[a] = forward;
-    cap_[rev_[a]] = backward;
+    assert(net_ != nullptr && "SetPair before Bind");
+    net_->SetPair(cap_.data(), pair, forward, backward);
+    solved_ = false;
   }
   enum class Direction { kAuto, kForward, kReverse };
 
@@ -125,13 +208,14 @@ class PushRelabel {
   // kAuto, if less capacity enters t than leaves s) and marks the minimum
   // cut. Returns its capacity. Allocates nothing.
   Cap Solve(Direction direction = Direction::kAuto) {
+    assert(net_ != nullptr && "Solve before Bind");
     Cap out_of_source = 0, into_sink = 0;
     for (int32_t a = first_[source_]; a < first_[source_ + 1]; ++a) out_of_source += cap_[a];
     for (int32_t a = first_[sink_]; a < first_[sink_ + 1]; ++a) into_sink += cap_[rev_[a]];
     reversed_ = direction == Direction::kReverse ||
                 (direction == Direction::kAuto && into_sink < out_of_source);
     if (reversed_) {
-      for (size_t a = 0; a < res_.size(); ++a) res_[a] = cap_[rev_[a]];
+      for (int32_t a = 0; a < num_arcs_; ++a) res_[a] = cap_[rev_[a]];
       src_ = sink_;
       dst_ = source_;
     } else {
@@ -150,7 +234,7 @@ class PushRelabel {
     GlobalRelabel();
     int64_t work = 0;
     const int64_t relabel_period =
-        6 * static_cast<int64_t>(n_) + static_cast<int64_t>(head_.size()) / 2;
+        6 * static_cast<int64_t>(n_) + static_cast<int64_t>(num_arcs_) / 2;
     while (max_active_ >= 0) {
       const int32_t v = active_head_[max_active_];
       if (v < 0) {
@@ -165,13 +249,18 @@ class PushRelabel {
       }
     }
     MarkSinkSide();
+    solved_ = true;
     return excess_[dst_];
   }
 
   // After Solve: true if `node` is on the source side of the minimum cut
   // found. A forward solve gives the cut with the largest source side, a
   // reversed one the cut with the smallest.
-  bool OnSourceSide(int32_t node) const { return (label_[node] == n_) != reversed_; }
+  bool OnSourceSide(int32_t node) const {
+    assert(solved_ && "OnSourceSide before Solve (or after a SetPair)");
+    assert(node >= 0 && node < n_);
+    return (label_[node] == n_) != reversed_;
+  }
   // Whether the last Solve ran on the reversed network.
   bool reversed() const { return reversed_; }
 
@@ -306,12 +395,15 @@ class PushRelabel {
     max_label_ = d - 1;
   }
 
-  int32_t n_ = 0;
+  const FlowNetwork* net_ = nullptr;
+  int32_t n_ = 0, num_arcs_ = 0;
   int32_t source_ = 0, sink_ = 0;  // as built
   int32_t src_ = 0, dst_ = 0;      // as solved (swapped when reversed)
   bool reversed_ = false;
-  std::vector<int32_t> tails_, heads_;  // pair endpoints until Finalize
-  std::vector<int32_t> first_, head_, rev_, pair_arc_;
+  bool solved_ = false;
+  const int32_t* first_ = nullptr;  // the bound network's CSR arrays
+  const int32_t* head_ = nullptr;
+  const int32_t* rev_ = nullptr;
   std::vector<Cap> cap_, res_, excess_;
   std::vector<int32_t> label_, current_, queue_;
   std::vector<int32_t> active_head_, next_active_;
