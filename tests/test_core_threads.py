@@ -14,18 +14,15 @@ import math
 import numbers
 import pickle
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
 
 from cic_fast import _core
-
-try:
-    from cic_fast.core.synthetic import dnn_graph
-except ImportError:  # the package layout before the core/ move
-    from cic_fast.synthetic import dnn_graph
+from cic_fast.core.cost import Partition as CorePartition
+from cic_fast.core.planner import Planner
+from cic_fast.core.synthetic import dnn_graph
 
 FIELDS = (
     "on_device",
@@ -60,19 +57,8 @@ class Partition(_core.PartitionBase):
         return f"Partition(latency_s={self.latency_s:.6g}, bandwidth_bps={self.bandwidth_bps:.6g})"
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class OldPartition:
-    """The slotted result type the old decider fills through its member descriptors."""
-
-    on_device: Any
-    latency_s: Any
-    device_s: Any
-    transfer_s: Any
-    server_s: Any
-    rtt_s: Any
-    bytes_sent: Any
-    sent: Any
-    bandwidth_bps: Any
+class NotAPartition:
+    """A plain class: decide_fn must refuse it."""
 
 
 def core_graph(kind: str, n: int, seed: int = 0) -> _core.Graph:
@@ -150,10 +136,10 @@ def test_min_cut_as_builds_the_partition_in_c() -> None:
             assert type(p) is Partition
             assert np.array_equal(p.on_device, t[0]) and np.array_equal(p.sent, t[1])
             assert (p.latency_s, p.device_s, p.transfer_s, p.server_s, p.rtt_s) == t[2:7]
-            assert type(p.bytes_sent) is int and p.bytes_sent == int(t[7])
+            assert type(p.bytes_sent) is float and p.bytes_sent == t[7]  # exact, not truncated
             assert p.bandwidth_bps == bw
     with pytest.raises(TypeError, match="PartitionBase"):
-        g.min_cut_as(OldPartition, 1e6)  # type: ignore[type-var]
+        g.min_cut_as(NotAPartition, 1e6)  # type: ignore[type-var]
     with pytest.raises(ValueError, match="bandwidth_bps"):
         g.min_cut_as(Partition, -1.0)
     results: list[Any] = [None, None]
@@ -267,13 +253,11 @@ def test_partition_base_pickles_as_the_subclass() -> None:
 
 
 @pytest.fixture(scope="module")
-def decide_pair() -> tuple[Any, Any, _core.Plan]:
+def decide_pair() -> tuple[Any, None, _core.Plan]:
     g = core_graph("densenet", 300)
     plan, _ = _core.Plan.compressed(g, 0.0)
-    pieces = pieces_of(plan)
-    new = plan.decide_fn(Partition, pieces, as_real)
-    old = plan.decider(OldPartition, FIELDS, as_real, pieces)
-    return new, old, plan
+    new = plan.decide_fn(Partition, pieces_of(plan), as_real)
+    return new, None, plan
 
 
 def test_decide_keyword_and_signature(decide_pair: tuple[Any, Any, _core.Plan]) -> None:
@@ -323,7 +307,7 @@ def test_decide_fn_checks_its_arguments(decide_pair: tuple[Any, Any, _core.Plan]
     _, _, plan = decide_pair
     pieces = pieces_of(plan)
     with pytest.raises(TypeError, match="PartitionBase"):
-        plan.decide_fn(OldPartition, pieces, as_real)  # type: ignore[type-var]
+        plan.decide_fn(NotAPartition, pieces, as_real)  # type: ignore[type-var]
     with pytest.raises(TypeError, match="PartitionBase"):
         plan.decide_fn(int, pieces, as_real)  # type: ignore[type-var]
     with pytest.raises(ValueError, match="pieces"):
@@ -343,16 +327,18 @@ def test_decide_fn_checks_its_arguments(decide_pair: tuple[Any, Any, _core.Plan]
         ("inception", 250, 1, 0.002),
     ],
 )
-def test_decide_equals_the_old_decider(kind: str, n: int, seed: int, rtt: float) -> None:
-    g = core_graph(kind, n, seed)
-    plan, _ = _core.Plan.compressed(g, rtt)
-    pieces = pieces_of(plan)
-    new = plan.decide_fn(Partition, pieces, as_real)
-    old = plan.decider(OldPartition, FIELDS, as_real, pieces)
+def test_c_decide_equals_the_python_reference(kind: str, n: int, seed: int, rtt: float) -> None:
+    # Planner.decide (the method) is the reference implementation of the cost model
+    # in Python; every planner instance decides through the C callable instead.
+    d = dnn_graph(n, kind=kind, seed=seed)
+    planner = Planner(d.edges, d.device_s, d.server_s, d.out_bytes, rtt_s=rtt)
+    assert planner.decide is not Planner.decide.__get__(planner)
+    assert str(inspect.signature(planner.decide)) == "(bandwidth_bps)"
     rng = np.random.default_rng(seed)
-    bws = [*(10.0 ** rng.uniform(2.0, 12.0, 300)), *plan.breakpoints_bps, math.inf, 5e-324]
+    bws = [*(10.0 ** rng.uniform(2.0, 12.0, 300)), *planner.breakpoints_bps, math.inf, 5e-324]
     for bw in bws:
-        a, b = new(float(bw)), old(float(bw))
+        a, b = planner.decide(float(bw)), Planner.decide(planner, float(bw))
+        assert type(a) is type(b) is CorePartition
         for f in FIELDS:
             x, y = getattr(a, f), getattr(b, f)
             if isinstance(x, np.ndarray):

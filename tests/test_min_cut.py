@@ -105,8 +105,10 @@ def check_partition(
     assert close(part.transfer_s, ref.transfer_s)
     assert part.rtt_s == ref.rtt_s
     assert close(part.latency_s, part.device_s + part.transfer_s + part.server_s + part.rtt_s)
-    assert isinstance(part.bytes_sent, int)
-    assert part.bytes_sent == round(ref.bytes_sent)
+    # exact: the sum transfer_s is computed from, never truncated (issue 8)
+    assert type(part.bytes_sent) is float
+    assert close(part.bytes_sent, ref.bytes_sent)
+    assert part.transfer_s == 8.0 * part.bytes_sent / bandwidth_bps
     assert part.sent.dtype == np.int64
     np.testing.assert_array_equal(part.sent, ref.sent)
     assert part.bandwidth_bps == bandwidth_bps
@@ -511,3 +513,17 @@ def test_dnn_graph_options() -> None:
     assert span.max() > 50  # U-Net-like long skips
     with pytest.raises(ValueError, match="kind"):
         dnn_graph(100, kind="lstm")
+
+
+def test_fractional_bytes_are_reported_exactly():
+    # Issue 8: bytes_sent was int(sum) while transfer_s used the real sum.
+    edges = [(0, 1), (1, 2)]
+    dev, srv, size = [0.0, 1.0, 1.0], [0.0, 0.001, 0.001], [1e6, 2.75, 4.0]
+    for part in (
+        cic_fast.min_cut(edges, dev, srv, size, 100.0),
+        cic_fast.Graph(edges, dev, srv, size).evaluate([True, True, False], 100.0),
+        cic_fast.Planner(edges, dev, srv, size).decide(100.0),
+    ):
+        assert part.sent.tolist() == [1]
+        assert part.bytes_sent == 2.75
+        assert part.transfer_s == 8.0 * 2.75 / 100.0

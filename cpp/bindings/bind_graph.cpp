@@ -108,12 +108,12 @@ void BindGraph(py::module_& m) {
             }
             Check(r);
             Int64Array sent(b.num_sent, slot.sent().data());
-            // Constructor order; bytes_sent as int(bytes) like the package's Partition.
+            // Constructor order; bytes_sent is the exact double sum, as transfer_s uses.
             PyObject* const fields[9] = {
                 on_device.release().ptr(),       PyFloat_FromDouble(b.latency_s),
                 PyFloat_FromDouble(b.device_s),  PyFloat_FromDouble(b.transfer_s),
                 PyFloat_FromDouble(b.server_s),  PyFloat_FromDouble(b.rtt_s),
-                PyLong_FromDouble(b.bytes_sent), sent.release().ptr(),
+                PyFloat_FromDouble(b.bytes_sent), sent.release().ptr(),
                 PyFloat_FromDouble(bandwidth_bps)};
             PyObject* p = cic_bind::NewPartition(type, fields);
             if (p == nullptr) throw py::error_already_set();

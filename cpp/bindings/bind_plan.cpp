@@ -2,7 +2,6 @@
 // No logic lives here: the core reports a cic::Result that becomes ValueError.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
-#include <structmember.h>
 
 #include <cmath>
 #include <cstdint>
@@ -54,122 +53,6 @@ std::unique_ptr<cic::Plan> PlanFromPartitions(const GraphHandle& h, double rtt_s
 template <class T>
 py::array_t<T> ToArray(const std::vector<T>& v) {
   return py::array_t<T>(static_cast<py::ssize_t>(v.size()), v.data());
-}
-
-// The decision as a plain CPython function (METH_FASTCALL, no pybind11
-// dispatch): a Python-level decide spends most of its ~2 us building the
-// frozen Partition through its slot descriptors, so this one allocates the
-// Partition and fills its slots directly. Segment and Price are the core's;
-// every per-piece object (on_device, sent, device_s, server_s, rtt_s,
-// bytes_sent) is the one the Python side made, shared across calls.
-struct Decider {
-  cic::Plan plan;
-  PyTypeObject* type = nullptr;  // Partition
-  Py_ssize_t off[9] = {};        // slot offsets, in Partition._make's order
-  PyObject* as_real = nullptr;   // converter for non-float arguments
-  std::vector<PyObject*> pieces;  // K * 6 objects
-  PyMethodDef def{};
-  ~Decider() {
-    Py_XDECREF(reinterpret_cast<PyObject*>(type));
-    Py_XDECREF(as_real);
-    for (PyObject* o : pieces) Py_XDECREF(o);
-  }
-};
-
-void SetSlot(PyObject* obj, Py_ssize_t off, PyObject* value) {  // steals value
-  *reinterpret_cast<PyObject**>(reinterpret_cast<char*>(obj) + off) = value;
-}
-
-PyObject* Decide(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-  auto* d = static_cast<Decider*>(PyCapsule_GetPointer(self, "cic_fast.decider"));
-  if (d == nullptr) return nullptr;
-  if (nargs != 1) {
-    PyErr_SetString(PyExc_TypeError, "decide() takes exactly one argument (bandwidth_bps)");
-    return nullptr;
-  }
-  PyObject* arg = args[0];
-  Py_INCREF(arg);
-  if (!PyFloat_CheckExact(arg)) {
-    PyObject* conv = PyObject_CallFunction(d->as_real, "Os", arg, "bandwidth_bps");
-    Py_DECREF(arg);
-    if (conv == nullptr) return nullptr;
-    if (!PyFloat_Check(conv)) {
-      Py_DECREF(conv);
-      PyErr_SetString(PyExc_TypeError, "bandwidth_bps must be a real number");
-      return nullptr;
-    }
-    arg = conv;
-  }
-  const double bw = PyFloat_AS_DOUBLE(arg);
-  if (!(bw > 0.0)) {
-    PyErr_Format(PyExc_ValueError, "bandwidth_bps must be > 0, got %R", arg);
-    Py_DECREF(arg);
-    return nullptr;
-  }
-  const int32_t k = d->plan.Segment(bw);
-  cic::Breakdown b;
-  d->plan.Price(k, bw, &b);
-  PyObject* latency = PyFloat_FromDouble(b.latency_s);
-  PyObject* transfer = PyFloat_FromDouble(b.transfer_s);
-  PyObject* out = d->type->tp_alloc(d->type, 0);
-  if (latency == nullptr || transfer == nullptr || out == nullptr) {
-    Py_XDECREF(latency);
-    Py_XDECREF(transfer);
-    Py_XDECREF(out);
-    Py_DECREF(arg);
-    return nullptr;
-  }
-  PyObject* const* piece = d->pieces.data() + 6 * static_cast<size_t>(k);
-  // Order: on_device, latency_s, device_s, transfer_s, server_s, rtt_s,
-  // bytes_sent, sent, bandwidth_bps.
-  PyObject* values[9] = {piece[0], latency, piece[2], transfer, piece[3],
-                         piece[4], piece[5], piece[1], arg};
-  for (int i = 0; i < 9; ++i) {
-    if (values[i] != latency && values[i] != transfer && values[i] != arg) Py_INCREF(values[i]);
-    SetSlot(out, d->off[i], values[i]);
-  }
-  return out;
-}
-
-py::object MakeDecider(const cic::Plan& plan, py::object type, py::tuple fields,
-                       py::object as_real, py::list pieces) {
-  if (!PyType_Check(type.ptr()) || fields.size() != 9 ||
-      static_cast<int32_t>(pieces.size()) != plan.num_partitions()) {
-    throw py::value_error("decider: bad arguments");
-  }
-  auto d = std::make_unique<Decider>();
-  d->plan = plan;
-  for (size_t i = 0; i < 9; ++i) {
-    py::object descr = type.attr(fields[i]);
-    if (Py_TYPE(descr.ptr()) != &PyMemberDescr_Type) {
-      throw py::value_error("decider: the result type has no slot " +
-                            py::str(fields[i]).cast<std::string>());
-    }
-    const PyMemberDef* member = reinterpret_cast<PyMemberDescrObject*>(descr.ptr())->d_member;
-    if (member->type != T_OBJECT_EX) throw py::value_error("decider: unexpected slot kind");
-    d->off[i] = member->offset;
-  }
-  for (py::handle t : pieces) {
-    py::tuple piece = py::reinterpret_borrow<py::tuple>(t);
-    if (piece.size() != 6) throw py::value_error("decider: a piece needs 6 objects");
-    for (py::handle o : piece) d->pieces.push_back(o.inc_ref().ptr());
-  }
-  d->type = reinterpret_cast<PyTypeObject*>(type.inc_ref().ptr());
-  d->as_real = as_real.inc_ref().ptr();
-  d->def.ml_name = "decide";
-  d->def.ml_meth = reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(&Decide));
-  d->def.ml_flags = METH_FASTCALL;
-  d->def.ml_doc = "decide(bandwidth_bps) -> Partition (see Planner.decide)";
-  Decider* raw = d.get();
-  PyObject* capsule = PyCapsule_New(raw, "cic_fast.decider", [](PyObject* c) {
-    delete static_cast<Decider*>(PyCapsule_GetPointer(c, "cic_fast.decider"));
-  });
-  if (capsule == nullptr) throw py::error_already_set();
-  d.release();
-  PyObject* fn = PyCFunction_New(&raw->def, capsule);  // holds the capsule
-  Py_DECREF(capsule);
-  if (fn == nullptr) throw py::error_already_set();
-  return py::reinterpret_steal<py::object>(fn);
 }
 
 py::tuple PlanCompressedPy(const GraphHandle& h, double rtt_s) {
@@ -250,10 +133,6 @@ void BindPlan(py::module_& m) {
           },
           py::arg("bandwidth_bps"),
           "(k, latency_s, device_s, transfer_s, server_s, rtt_s, bytes_sent).")
-      .def("decider", &MakeDecider, py::arg("partition_type"), py::arg("fields"),
-           py::arg("as_real"), py::arg("pieces"),
-           "A fast decide(bandwidth_bps) -> partition_type callable (internal; deprecated "
-           "by decide_fn).")
       .def("decide_fn", &cic_bind::MakeDecideFn, py::arg("partition_type"), py::arg("pieces"),
            py::arg("as_real"),
            "decide(bandwidth_bps) -> partition_type, in C: partition_type must subclass "

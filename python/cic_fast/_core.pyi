@@ -112,13 +112,6 @@ class Plan:
     def decide(
         self, bandwidth_bps: float
     ) -> tuple[int, float, float, float, float, float, float]: ...
-    def decider(
-        self,
-        partition_type: type,
-        fields: tuple[str, ...],
-        as_real: Callable[[object, str], float],
-        pieces: list[tuple[object, ...]],
-    ) -> Callable[[float], object]: ...
     def decide_fn(
         self,
         partition_type: type[_P],

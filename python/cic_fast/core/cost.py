@@ -16,11 +16,12 @@ of the model front end and the runtime, which hold only the layer DAG.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from cic_fast import _core
 
 __all__ = [
     "Partition",
@@ -36,9 +37,11 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class Partition:
+class Partition(_core.PartitionBase):
     """A device/server partition of a layer graph, priced at one bandwidth.
+
+    Immutable: its nine fields are read-only and set once, when the core (or
+    `make_partition`) prices it. Compared by identity, like any object.
 
     Attributes
     ----------
@@ -55,8 +58,9 @@ class Partition:
         Sum of the server times of the layers on the server.
     rtt_s : float
         The round-trip time if anything is offloaded, else 0.
-    bytes_sent : int
-        Bytes transmitted: the outputs of ``sent``, each counted once.
+    bytes_sent : float
+        Bytes transmitted: the outputs of ``sent``, each counted once; the exact sum
+        ``transfer_s`` is computed from (a whole number for a traced model).
     sent : numpy.ndarray
         Ascending int64 indices of the layers on the device with at least one
         successor on the server.
@@ -64,13 +68,15 @@ class Partition:
         The bandwidth, in bits per second, the partition was priced at.
     """
 
+    __slots__ = ()
+
     on_device: npt.NDArray[np.bool_]
     latency_s: float
     device_s: float
     transfer_s: float
     server_s: float
     rtt_s: float
-    bytes_sent: int
+    bytes_sent: float
     sent: npt.NDArray[np.int64]
     bandwidth_bps: float
 
@@ -90,35 +96,9 @@ class Partition:
             f"Partition(on_device={self.n_on_device}/{n}, latency_s={self.latency_s:.6g}, "
             f"device_s={self.device_s:.6g}, transfer_s={self.transfer_s:.6g}, "
             f"server_s={self.server_s:.6g}, rtt_s={self.rtt_s:.6g}, "
-            f"bytes_sent={self.bytes_sent}, sent={self.sent.tolist()}, "
+            f"bytes_sent={self.bytes_sent:.15g}, sent={self.sent.tolist()}, "
             f"bandwidth_bps={self.bandwidth_bps:.6g})"
         )
-
-
-# The frozen dataclass __init__ routes every field through object.__setattr__;
-# writing the slots directly is several times faster, which matters on the
-# microsecond decision path.
-_SETTERS = tuple(
-    Partition.__dict__[f].__set__
-    for f in (
-        "on_device",
-        "latency_s",
-        "device_s",
-        "transfer_s",
-        "server_s",
-        "rtt_s",
-        "bytes_sent",
-        "sent",
-        "bandwidth_bps",
-    )
-)
-
-
-def _new(*values: Any) -> Partition:
-    p = Partition.__new__(Partition)
-    for setter, value in zip(_SETTERS, values, strict=True):
-        setter(p, value)
-    return p
 
 
 # -- the formula ---------------------------------------------------------------------
@@ -174,14 +154,14 @@ def make_partition(
     """
     t = transfer_s(bytes_sent, bandwidth_bps)
     rtt = counted_rtt(rtt_s, offloads)
-    return _new(
+    return Partition(
         on_device,
         device_s + t + server_s + rtt,
         device_s,
         t,
         server_s,
         rtt,
-        int(bytes_sent),
+        float(bytes_sent),
         sent,
         bandwidth_bps,
     )
@@ -194,7 +174,7 @@ def partition_from_core(packed: tuple[Any, ...], bandwidth_bps: float) -> Partit
     bytes_sent)`` as returned by ``_core.Graph.min_cut`` and ``evaluate``.
     """
     on_device, sent, latency, device, transfer, server, rtt, nbytes = packed
-    return _new(on_device, latency, device, transfer, server, rtt, int(nbytes), sent, bandwidth_bps)
+    return Partition(on_device, latency, device, transfer, server, rtt, nbytes, sent, bandwidth_bps)
 
 
 # -- validity and the sent set -------------------------------------------------------

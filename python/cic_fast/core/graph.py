@@ -125,7 +125,7 @@ class Graph:
         """
         bw = as_real(bandwidth_bps, "bandwidth_bps")
         rtt = as_real(rtt_s, "rtt_s")
-        return partition_from_core(self._core.min_cut(bw, rtt), bw)
+        return self._core.min_cut_as(Partition, bw, rtt)
 
     def evaluate(self, on_device: Any, bandwidth_bps: float, rtt_s: float = 0.0) -> Partition:
         """Price a given partition with the cost model.
