@@ -31,10 +31,7 @@ from collections.abc import Callable
 
 import cic_fast
 
-try:
-    from cic_fast.core.synthetic import dnn_graph
-except ImportError:  # the package layout before the core/ move
-    from cic_fast.synthetic import dnn_graph
+from cic_fast.core.synthetic import dnn_graph
 
 BANDWIDTH_BPS = 10e6
 GRAPHS = (("densenet-700-s0", "densenet", 700), ("mixed-400-s0", "mixed", 400))

@@ -189,3 +189,52 @@ def test_importing_a_submodule_keeps_the_exported_function():
     for name in cic_fast.__all__:
         assert getattr(cic_fast, name) is not None
         assert not isinstance(getattr(cic_fast, name), type(cic_fast)), name
+
+
+# -- the C++ core ------------------------------------------------------------------------
+
+CORE_HEADERS = Path(__file__).resolve().parent.parent / "cpp" / "include" / "cic"
+
+
+def _includes(header: Path) -> list[str]:
+    out = []
+    for line in header.read_text().splitlines():
+        s = line.strip()
+        if s.startswith("#include"):
+            out.append(s.split(None, 1)[1].strip('<>"'))
+    return out
+
+
+@pytest.mark.skipif(not CORE_HEADERS.is_dir(), reason="run from a source checkout")
+def test_cpp_core_knows_nothing_of_python_and_has_no_include_cycle():
+    headers = {h.name: _includes(h) for h in sorted(CORE_HEADERS.glob("*.hpp"))}
+    assert {"cost.hpp", "network.hpp", "envelope.hpp", "plan.hpp"} <= set(headers)
+    for name, incs in headers.items():
+        bad = [i for i in incs if "Python" in i or "pybind11" in i or "structmember" in i]
+        assert not bad, f"{name} includes {bad}: the core is Python-free"
+    deps = {
+        name: [i.removeprefix("cic/") for i in incs if i.startswith("cic/")]
+        for name, incs in headers.items()
+    }
+    # Depth-first search for a back edge: an include cycle.
+    state: dict[str, int] = {}
+
+    def visit(h: str, path: list[str]) -> None:
+        state[h] = 1
+        for d in deps.get(h, []):
+            assert d in headers, f"{h} includes a missing header {d}"
+            assert state.get(d) != 1, "include cycle: " + " -> ".join([*path, h, d])
+            if d not in state:
+                visit(d, [*path, h])
+        state[h] = 2
+
+    for h in headers:
+        if h not in state:
+            visit(h, [])
+    # One place prices: only cost.hpp defines the latency sum.
+    pricing = [
+        name
+        for name in headers
+        if "latency_s = " in (CORE_HEADERS / name).read_text() and name != "cost.hpp"
+    ]
+    assert not pricing, f"latency assembled outside cost.hpp: {pricing}"
