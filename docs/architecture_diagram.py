@@ -42,7 +42,7 @@ LAYERS = [
     (
         "cpp",
         "no Python; bound by pybind11",
-        ["dag  maxflow  graph  cost", "compress  envelope  plan"],
+        ["dag  cost  maxflow  network  graph", "envelope  search  compress  plan"],
     ),
 ]
 TITLES = {"cpp": "C++ core: cpp/include/cic"}
