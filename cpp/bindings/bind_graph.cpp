@@ -16,11 +16,8 @@ namespace py = pybind11;
 
 namespace {
 
-using cic_bind::BoolArray;
-using cic_bind::Check;
-using cic_bind::F64Array;
-using cic_bind::GraphHandle;
-using cic_bind::Int64Array;
+// The shared array types, Check and GraphHandle (common.hpp).
+using namespace cic_bind;  // NOLINT(google-build-using-namespace)
 
 void CheckVector(const F64Array& a, const char* name, py::ssize_t n) {
   if (a.ndim() != 1) throw py::value_error(std::string(name) + " must be 1-D");
@@ -56,6 +53,33 @@ std::unique_ptr<GraphHandle> MakeGraph(const Int64Array& edges, const F64Array& 
   return handle;
 }
 
+// One exact solve on a pooled workspace: the solve and the sent-set scan run
+// without the GIL, so calls from several threads run in parallel.
+struct Solved {
+  BoolArray on_device;
+  Int64Array sent;
+  cic::Breakdown breakdown;
+};
+
+Solved Solve(GraphHandle& h, double bandwidth_bps, double rtt_s) {
+  const cic::Graph& g = h.graph;
+  BoolArray on_device(g.num_nodes());
+  uint8_t* out = Bytes(on_device);
+  cic::Breakdown b;
+  cic::Result r;
+  GraphHandle::Lease slot(h);
+  {
+    py::gil_scoped_release release;
+    r = g.MinCut(bandwidth_bps, rtt_s, out, &b, slot.workspace());
+    if (r.ok()) {
+      slot.sent().resize(static_cast<size_t>(b.num_sent));
+      g.FillSent(out, slot.sent().data());
+    }
+  }
+  Check(r);
+  return {std::move(on_device), Int64Array(b.num_sent, slot.sent().data()), b};
+}
+
 }  // namespace
 
 void BindGraph(py::module_& m) {
@@ -66,24 +90,8 @@ void BindGraph(py::module_& m) {
       .def(
           "min_cut",
           [](GraphHandle& h, double bandwidth_bps, double rtt_s) {
-            const cic::Graph& g = h.graph;
-            BoolArray on_device(g.num_nodes());
-            uint8_t* out = Bytes(on_device);
-            cic::Breakdown b;
-            cic::Result r;
-            GraphHandle::Lease slot(h);
-            {
-              // The solve and the sent-set scan run without the GIL on a
-              // pooled workspace: calls from several threads run in parallel.
-              py::gil_scoped_release release;
-              r = g.MinCut(bandwidth_bps, rtt_s, out, &b, slot.workspace());
-              if (r.ok()) {
-                slot.sent().resize(static_cast<size_t>(b.num_sent));
-                g.FillSent(out, slot.sent().data());
-              }
-            }
-            Check(r);
-            return Pack(std::move(on_device), Int64Array(b.num_sent, slot.sent().data()), b);
+            Solved s = Solve(h, bandwidth_bps, rtt_s);
+            return Pack(std::move(s.on_device), std::move(s.sent), s.breakdown);
           },
           py::arg("bandwidth_bps"), py::arg("rtt_s") = 0.0,
           "Exact optimum: (on_device, sent, latency_s, device_s, transfer_s, server_s, "
@@ -92,28 +100,14 @@ void BindGraph(py::module_& m) {
           "min_cut_as",
           [](GraphHandle& h, py::handle partition_type, double bandwidth_bps, double rtt_s) {
             PyTypeObject* type = cic_bind::CheckPartitionType(partition_type, "min_cut_as");
-            const cic::Graph& g = h.graph;
-            BoolArray on_device(g.num_nodes());
-            uint8_t* out = Bytes(on_device);
-            cic::Breakdown b;
-            cic::Result r;
-            GraphHandle::Lease slot(h);
-            {
-              py::gil_scoped_release release;
-              r = g.MinCut(bandwidth_bps, rtt_s, out, &b, slot.workspace());
-              if (r.ok()) {
-                slot.sent().resize(static_cast<size_t>(b.num_sent));
-                g.FillSent(out, slot.sent().data());
-              }
-            }
-            Check(r);
-            Int64Array sent(b.num_sent, slot.sent().data());
+            Solved s = Solve(h, bandwidth_bps, rtt_s);
+            const cic::Breakdown& b = s.breakdown;
             // Constructor order; bytes_sent is the exact double sum, as transfer_s uses.
             PyObject* const fields[9] = {
-                on_device.release().ptr(),       PyFloat_FromDouble(b.latency_s),
+                s.on_device.release().ptr(),     PyFloat_FromDouble(b.latency_s),
                 PyFloat_FromDouble(b.device_s),  PyFloat_FromDouble(b.transfer_s),
                 PyFloat_FromDouble(b.server_s),  PyFloat_FromDouble(b.rtt_s),
-                PyFloat_FromDouble(b.bytes_sent), sent.release().ptr(),
+                PyFloat_FromDouble(b.bytes_sent), s.sent.release().ptr(),
                 PyFloat_FromDouble(bandwidth_bps)};
             PyObject* p = cic_bind::NewPartition(type, fields);
             if (p == nullptr) throw py::error_already_set();

@@ -19,11 +19,8 @@ namespace py = pybind11;
 
 namespace {
 
-using cic_bind::BoolArray;
-using cic_bind::Check;
-using cic_bind::F64Array;
-using cic_bind::GraphHandle;
-using cic_bind::Int64Array;
+// The shared array types, Check and GraphHandle (common.hpp).
+using namespace cic_bind;  // NOLINT(google-build-using-namespace)
 
 std::unique_ptr<cic::Plan> BuildPlan(GraphHandle& h, double rtt_s) {
   auto plan = std::make_unique<cic::Plan>();

@@ -102,6 +102,32 @@ class RequestRecord:
     done_s: float = 0.0
 
 
+def _local_record(
+    partition: Partition,
+    fallback: bool,
+    bw: float | None,
+    probed: bool,
+    t_start: float,
+    t0: float,
+    error: str | None = None,
+) -> RequestRecord:
+    """The record of a request the device answered alone, ending now (nothing sent)."""
+    t = time.perf_counter()
+    return RequestRecord(
+        partition=partition,
+        fallback=fallback,
+        bytes_sent=0,
+        bandwidth_estimate_bps=bw,
+        device_s=t - t0,
+        transfer_s=0.0,
+        server_s=0.0,
+        total_s=t - t_start,
+        probed=probed,
+        error=error,
+        done_s=t,
+    )
+
+
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -574,19 +600,7 @@ class Client:
             t0 = time.perf_counter()
             if not partition.offloads:
                 out = self._device(lambda: self.model(*inputs))
-                t1 = time.perf_counter()
-                self.last = RequestRecord(
-                    partition=partition,
-                    fallback=self.server_down,
-                    bytes_sent=0,
-                    bandwidth_estimate_bps=bw,
-                    device_s=t1 - t0,
-                    transfer_s=0.0,
-                    server_s=0.0,
-                    total_s=t1 - t_start,
-                    probed=probed,
-                    done_s=t1,
-                )
+                self.last = _local_record(partition, self.server_down, bw, probed, t_start, t0)
                 return out
             head, tail = self._parts_for(partition.on_device)
             sent = self._device(lambda: head(*inputs))
@@ -650,20 +664,7 @@ class Client:
     ) -> Any:
         """Fallback: run the tail on the device too."""
         out = self._device(lambda: tail(sent))
-        t = time.perf_counter()
-        self.last = RequestRecord(
-            partition=partition,
-            fallback=True,
-            bytes_sent=0,
-            bandwidth_estimate_bps=bw,
-            device_s=t - t0,
-            transfer_s=0.0,
-            server_s=0.0,
-            total_s=t - t_start,
-            probed=probed,
-            error=error,
-            done_s=t,
-        )
+        self.last = _local_record(partition, True, bw, probed, t_start, t0, error)
         return out
 
     def _decode_result(self, kind: W.MsgType, payload: bytearray) -> tuple[int, float, Any]:
