@@ -29,7 +29,7 @@ from cic_fast.core.cost import sent_set  # noqa: E402
 from cic_fast.frontend.profiling import Profile, profile  # noqa: E402
 from cic_fast.frontend.splitting import Split, split  # noqa: E402
 from cic_fast.frontend.tracing import LayerGraph, trace  # noqa: E402
-from zoo import FULL, TORCHVISION, TwoInTwoOut, tv_model  # noqa: E402
+from zoo import FULL, TORCHVISION, NeedsExport, TwoInTwoOut, tv_model  # noqa: E402
 
 BANDWIDTHS_MBIT = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4)
 
@@ -179,17 +179,6 @@ class ChunkCat(nn.Module):
     def forward(self, x):
         a, b = torch.chunk(self.conv(x), 2, dim=1)
         return torch.cat([a.relu(), b.sigmoid(), x], dim=1).flatten(1)
-
-
-class NeedsExport(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(8, 8)
-
-    def forward(self, x):
-        if x.shape[-1] > 4:
-            x = torch.relu(self.lin(x))
-        return {"out": x * 2, "aux": (x.sum(),)}
 
 
 SMALL = [

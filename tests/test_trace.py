@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 from cic_fast.frontend.tracing import LayerGraph, TraceError, trace  # noqa: E402
-from zoo import TwoInTwoOut  # noqa: E402
+from zoo import NeedsExport, TwoInTwoOut  # noqa: E402
 
 
 class Chain(nn.Module):
@@ -46,19 +46,6 @@ class InPlace(nn.Module):
         s = y.sum(dim=1, keepdim=True)  # reads y before the mutation
         y.add_(1.0)  # in place
         return y * 2 + s
-
-
-class NeedsExport(nn.Module):
-    """Shape-dependent Python control flow: fx cannot trace it, torch.export can."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(8, 8)
-
-    def forward(self, x):
-        if x.shape[-1] > 4:
-            x = torch.relu(self.lin(x))
-        return {"out": x * 2, "aux": (x.sum(),)}
 
 
 class Untraceable(nn.Module):

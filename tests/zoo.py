@@ -71,6 +71,18 @@ if torch is not None:
             h = self.a(x)
             return {"sum": h + self.b(y), "parts": (h, torch.tanh(y))}
 
+    class NeedsExport(nn.Module):
+        """Shape-dependent Python control flow: fx cannot trace it, torch.export can."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(8, 8)
+
+        def forward(self, x: Any) -> dict[str, Any]:
+            if x.shape[-1] > 4:
+                x = torch.relu(self.lin(x))
+            return {"out": x * 2, "aux": (x.sum(),)}
+
     class TwoBranch(nn.Module):
         """A small CNN with two parallel branches and a tuple output, for ``size``-pixel inputs."""
 
