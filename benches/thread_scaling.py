@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable
 
 import cic_fast
-
 from cic_fast.core.synthetic import dnn_graph
 
 BANDWIDTH_BPS = 10e6

@@ -345,3 +345,33 @@ def test_c_decide_equals_the_python_reference(kind: str, n: int, seed: int, rtt:
                 assert x is y, (bw, f)
             else:
                 assert type(x) is type(y) and x == y, (bw, f, x, y)
+
+
+def test_one_planner_shared_by_threads() -> None:
+    # Planner.decide reads an immutable plan: threads get the sequential answers.
+    d = dnn_graph(400, kind="mixed", seed=0)
+    planner = Planner(d.edges, d.device_s, d.server_s, d.out_bytes, rtt_s=0.002)
+    bws = [float(b) for b in np.logspace(3, 11, 400)]
+    expected = [(planner.decide(b).latency_s, planner.decide(b).on_device) for b in bws]
+    blob = planner.to_bytes()
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def work(i: int) -> None:
+        try:
+            start.wait(10)
+            for _ in range(20):
+                for b, (lat, on) in zip(bws[i::4], expected[i::4], strict=True):
+                    p = planner.decide(bandwidth_bps=b)
+                    assert p.latency_s == lat and p.on_device is on
+                assert planner.to_bytes() == blob
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors

@@ -232,6 +232,38 @@ def test_concurrent_clients(tiny):
 
 
 @pytest.mark.slow
+def test_one_client_shared_by_threads(tiny):
+    # A Client may be shared: requests from several threads are each answered
+    # correctly, with distinct inputs, over its one connection.
+    n = tiny.graph.n_nodes
+    torch.manual_seed(3)
+    xs = [torch.randn(1, 3, 32, 32) for _ in range(4)]
+    with torch.inference_mode():
+        want = [tiny.model(x) for x in xs]
+    errors: list[BaseException] = []
+    with tiny.server() as srv, tiny.client(srv.address) as cli:
+
+        def work(t: int) -> None:
+            try:
+                for i in range(5):
+                    k = (t + i) % len(xs)
+                    on = tiny.prefix(1 + (t * 5 + i) % (n - 1))
+                    assert_same(want[k], cli.infer_partition(on, xs[k]))
+                    assert_same(want[k], cli.infer(xs[k]))
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads)
+        assert not errors, errors
+        assert srv.stats["connections"] == 1 and srv.stats["requests"] >= 20
+
+
+@pytest.mark.slow
 def test_max_clients_busy_then_fallback(tiny):
     with tiny.server(max_clients=1) as srv:
         from cic_fast.runtime import messages as M
