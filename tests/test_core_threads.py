@@ -23,6 +23,7 @@ from cic_fast import _core
 from cic_fast.core.cost import Partition as CorePartition
 from cic_fast.core.planner import Planner
 from cic_fast.core.synthetic import dnn_graph
+from threads import run_threads
 
 FIELDS = (
     "on_device",
@@ -354,24 +355,12 @@ def test_one_planner_shared_by_threads() -> None:
     bws = [float(b) for b in np.logspace(3, 11, 400)]
     expected = [(planner.decide(b).latency_s, planner.decide(b).on_device) for b in bws]
     blob = planner.to_bytes()
-    errors: list[BaseException] = []
-    start = threading.Barrier(4)
 
     def work(i: int) -> None:
-        try:
-            start.wait(10)
-            for _ in range(20):
-                for b, (lat, on) in zip(bws[i::4], expected[i::4], strict=True):
-                    p = planner.decide(bandwidth_bps=b)
-                    assert p.latency_s == lat and p.on_device is on
-                assert planner.to_bytes() == blob
-        except BaseException as e:
-            errors.append(e)
+        for _ in range(20):
+            for b, (lat, on) in zip(bws[i::4], expected[i::4], strict=True):
+                p = planner.decide(bandwidth_bps=b)
+                assert p.latency_s == lat and p.on_device is on
+            assert planner.to_bytes() == blob
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not any(t.is_alive() for t in threads)
-    assert not errors, errors
+    run_threads(work, 4)

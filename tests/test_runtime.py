@@ -37,6 +37,7 @@ from cic_fast.frontend.tracing import trace  # noqa: E402
 from cic_fast.runtime.client import Client  # noqa: E402
 from cic_fast.runtime.estimator import BandwidthEstimator  # noqa: E402
 from cic_fast.runtime.server import Server  # noqa: E402
+from threads import run_threads  # noqa: E402
 from zoo import TwoBranch  # noqa: E402
 
 TIMEOUT_S = 5.0
@@ -207,27 +208,17 @@ def test_multi_tensor_cuts_googlenet(googlenet):
 @pytest.mark.slow
 def test_concurrent_clients(tiny):
     n = tiny.graph.n_nodes
-    errors: list[BaseException] = []
     with tiny.server() as srv:
 
         def work(seed: int) -> None:
-            try:
-                with tiny.client(srv.address) as cli:
-                    for i in range(6):
-                        on = tiny.prefix(1 + (seed + i) % (n - 1))
-                        out = cli.infer_partition(on, tiny.x)
-                        assert_same(tiny.expected, out)
-                        assert cli.last is not None and not cli.last.fallback
-            except BaseException as e:
-                errors.append(e)
+            with tiny.client(srv.address) as cli:
+                for i in range(6):
+                    on = tiny.prefix(1 + (seed + i) % (n - 1))
+                    out = cli.infer_partition(on, tiny.x)
+                    assert_same(tiny.expected, out)
+                    assert cli.last is not None and not cli.last.fallback
 
-        threads = [threading.Thread(target=work, args=(s,)) for s in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        assert not any(t.is_alive() for t in threads)
-        assert not errors, errors
+        run_threads(work, 6, timeout_s=30)
         assert srv.stats["connections"] >= 6
 
 
@@ -240,26 +231,16 @@ def test_one_client_shared_by_threads(tiny):
     xs = [torch.randn(1, 3, 32, 32) for _ in range(4)]
     with torch.inference_mode():
         want = [tiny.model(x) for x in xs]
-    errors: list[BaseException] = []
     with tiny.server() as srv, tiny.client(srv.address) as cli:
 
         def work(t: int) -> None:
-            try:
-                for i in range(5):
-                    k = (t + i) % len(xs)
-                    on = tiny.prefix(1 + (t * 5 + i) % (n - 1))
-                    assert_same(want[k], cli.infer_partition(on, xs[k]))
-                    assert_same(want[k], cli.infer(xs[k]))
-            except BaseException as e:
-                errors.append(e)
+            for i in range(5):
+                k = (t + i) % len(xs)
+                on = tiny.prefix(1 + (t * 5 + i) % (n - 1))
+                assert_same(want[k], cli.infer_partition(on, xs[k]))
+                assert_same(want[k], cli.infer(xs[k]))
 
-        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert not any(t.is_alive() for t in threads)
-        assert not errors, errors
+        run_threads(work, 4)
         assert srv.stats["connections"] == 1 and srv.stats["requests"] >= 20
 
 
