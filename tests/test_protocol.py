@@ -409,3 +409,85 @@ def test_fuzzed_frames_leave_server_serving(live, after_hello, msg_type, body, c
 def test_server_alive_after_fuzz(live):
     _still_serving(live)
     assert live[3].stats["requests"] >= 1
+
+
+# -- deadlines and bounded buffers (blocking socket I/O) ---------------------------------
+
+
+def test_recv_frame_deadline_is_for_the_whole_frame():
+    # A peer trickling one byte every 0.1 s never trips a per-recv timeout of 1 s;
+    # the deadline bounds the frame as a whole.
+    import threading
+    import time
+
+    a, b = socket.socketpair()
+    a.settimeout(1.0)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        b.sendall(W.frame_header(W.MsgType.PROBE, 100))
+        while not stop.wait(0.1):
+            try:
+                b.sendall(b"x")
+            except OSError:
+                return
+
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match="deadline"):
+            W.recv_frame(a, W.Limits(), deadline=t0 + 0.5)
+        assert time.monotonic() - t0 < 0.9  # not 100 x 0.1 s
+        assert a.gettimeout() == 1.0  # the socket's own timeout is restored
+    finally:
+        stop.set()
+        a.close()
+        b.close()
+        t.join(2)
+
+
+def test_recv_frame_max_payload_refuses_before_reading():
+    a, b = socket.socketpair()
+    try:
+        b.sendall(W.frame_header(W.MsgType.HELLO, 5000) + b"y" * 100)
+        with pytest.raises(W.ProtocolError, match="over the limit of 512") as e:
+            W.recv_frame(a, W.Limits(), max_payload=512)
+        assert e.value.code == W.ErrorCode.TOO_LARGE
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_claimed_large_frame_costs_nothing_until_its_bytes_arrive():
+    import tracemalloc
+
+    a, b = socket.socketpair()
+    try:
+        b.sendall(W.frame_header(W.MsgType.PROBE, 60 << 20) + b"z" * 1000)
+        b.close()
+        tracemalloc.start()
+        try:
+            with pytest.raises(ConnectionError, match="1000 of 62914560"):
+                W.recv_frame(a, W.Limits())
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 4 << 20, peak  # at most the first 1 MiB, not 60 MiB
+    finally:
+        a.close()
+
+
+def test_send_frame_deadline():
+    import time
+
+    a, b = socket.socketpair()
+    try:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):  # nobody reads b: the buffers fill up
+            W.send_frame(a, W.MsgType.PROBE, [bytes(32 << 20)], deadline=t0 + 0.3)
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        a.close()
+        b.close()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import socket
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -223,8 +224,54 @@ def frame_header(msg_type: int, length: int) -> bytes:
     return HEADER.pack(MAGIC, VERSION, int(msg_type), 0, length)
 
 
-def send_frame(sock: socket.socket, msg_type: int, parts: Sequence[Any] = ()) -> int:
+class _Deadline:
+    """Sets a socket's timeout to what is left of a deadline before each blocking call.
+
+    ``deadline`` is a `time.monotonic` instant, or None for the socket's own timeout
+    (per call). The socket's timeout is restored when the block ends.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float | None, what: str) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.what = what
+        self.saved = sock.gettimeout()
+
+    def __enter__(self) -> _Deadline:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.deadline is None:
+            return
+        self.sock.settimeout(self.saved)
+        if exc_type is not None and issubclass(exc_type, TimeoutError):
+            # the socket says "timed out": say which deadline
+            raise TimeoutError(f"deadline passed while {self.what}") from exc
+
+    def arm(self) -> None:
+        """Before a blocking call: the time left, or TimeoutError if none is."""
+        if self.deadline is None:
+            return
+        left = self.deadline - time.monotonic()
+        if left <= 0.0:
+            raise TimeoutError(f"deadline passed while {self.what}")
+        self.sock.settimeout(left)
+
+
+def send_frame(
+    sock: socket.socket,
+    msg_type: int,
+    parts: Sequence[Any] = (),
+    *,
+    deadline: float | None = None,
+) -> int:
     """Send one frame whose payload is the concatenation of ``parts`` (bytes-like).
+
+    Parameters
+    ----------
+    deadline : float, optional
+        A `time.monotonic` instant by which the whole frame must be written
+        (TimeoutError otherwise); None: the socket's own timeout applies.
 
     Returns
     -------
@@ -234,30 +281,44 @@ def send_frame(sock: socket.socket, msg_type: int, parts: Sequence[Any] = ()) ->
     views = [memoryview(p).cast("B") for p in parts]
     length = sum(v.nbytes for v in views)
     head = frame_header(msg_type, length)
-    small = [v for v in views if v.nbytes < 65536]
-    if len(small) == len(views):
-        sock.sendall(b"".join([head, *views]))
-    else:
-        # large tensors are sent from their own memory, without a joined copy
-        pending: list[Any] = [head]
-        for v in views:
-            if v.nbytes < 65536:
-                pending.append(v)
-                continue
-            sock.sendall(b"".join(pending))
-            pending = []
-            sock.sendall(v)
-        if pending:
-            sock.sendall(b"".join(pending))
+    with _Deadline(sock, deadline, "sending a frame") as dl:
+        small = [v for v in views if v.nbytes < 65536]
+        if len(small) == len(views):
+            dl.arm()
+            sock.sendall(b"".join([head, *views]))
+        else:
+            # large tensors are sent from their own memory, without a joined copy
+            pending: list[Any] = [head]
+            for v in views:
+                if v.nbytes < 65536:
+                    pending.append(v)
+                    continue
+                dl.arm()
+                sock.sendall(b"".join(pending))
+                pending = []
+                dl.arm()
+                sock.sendall(v)
+            if pending:
+                dl.arm()
+                sock.sendall(b"".join(pending))
     return HEADER.size + length
 
 
-def _recv_exactly(sock: socket.socket, n: int, what: str) -> bytearray:
-    buf = bytearray(n)
-    view = memoryview(buf)
+# Payloads up to this size get their buffer at once; larger ones grow as bytes
+# arrive (doubling), so a header that claims a large frame costs nothing until
+# the bytes come.
+_EAGER_BYTES = 1 << 20
+
+
+def _recv_exactly(sock: socket.socket, n: int, what: str, dl: _Deadline) -> bytearray:
+    buf = bytearray(min(n, _EAGER_BYTES))
     got = 0
     while got < n:
-        k = sock.recv_into(view[got:], n - got)
+        if got == len(buf):
+            buf.extend(bytes(min(n, 2 * len(buf)) - len(buf)))
+        dl.arm()
+        with memoryview(buf) as view:
+            k = sock.recv_into(view[got:], len(buf) - got)
         if k == 0:
             raise ConnectionError(f"connection closed after {got} of {n} bytes of the {what}")
         got += k
@@ -294,8 +355,25 @@ def parse_header(data: bytes | bytearray, limits: Limits) -> tuple[MsgType, int]
     return kind, length
 
 
-def recv_frame(sock: socket.socket, limits: Limits) -> tuple[MsgType, bytearray]:
+def recv_frame(
+    sock: socket.socket,
+    limits: Limits,
+    *,
+    deadline: float | None = None,
+    max_payload: int | None = None,
+) -> tuple[MsgType, bytearray]:
     """Read one frame: its type and its payload (a fresh, writable buffer).
+
+    Parameters
+    ----------
+    limits : Limits
+        ``max_frame_bytes`` bounds the payload.
+    deadline : float, optional
+        A `time.monotonic` instant by which the whole frame must have arrived
+        (TimeoutError otherwise, however the bytes trickle in); None: the
+        socket's own timeout applies to each read.
+    max_payload : int, optional
+        A tighter bound for this frame (e.g. a handshake), TOO_LARGE above it.
 
     Raises
     ------
@@ -304,16 +382,23 @@ def recv_frame(sock: socket.socket, limits: Limits) -> tuple[MsgType, bytearray]
     ConnectionError
         The peer closed the connection mid-frame (or before one: ``EOFError``).
     TimeoutError
-        The socket's timeout expired.
+        The deadline passed, or the socket's timeout expired.
     """
-    first = sock.recv(HEADER.size)
-    if not first:
-        raise EOFError("connection closed")
-    head = bytearray(first)
-    if len(head) < HEADER.size:
-        head += _recv_exactly(sock, HEADER.size - len(head), "frame header")
-    kind, length = parse_header(head, limits)
-    payload = _recv_exactly(sock, length, "payload") if length else bytearray()
+    with _Deadline(sock, deadline, "receiving a frame") as dl:
+        dl.arm()
+        first = sock.recv(HEADER.size)
+        if not first:
+            raise EOFError("connection closed")
+        head = bytearray(first)
+        if len(head) < HEADER.size:
+            head += _recv_exactly(sock, HEADER.size - len(head), "frame header", dl)
+        kind, length = parse_header(head, limits)
+        if max_payload is not None and length > max_payload:
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE,
+                f"{kind.name} frame of {length} bytes over the limit of {max_payload} here",
+            )
+        payload = _recv_exactly(sock, length, "payload", dl) if length else bytearray()
     return kind, payload
 
 
