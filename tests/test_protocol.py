@@ -402,7 +402,7 @@ def test_fuzzed_frames_leave_server_serving(live, after_hello, msg_type, body, c
                 kind, _ = W.recv_frame(s, LIMITS)
                 if kind == W.MsgType.ERROR:
                     break
-    assert srv._accept_thread is not None and srv._accept_thread.is_alive()
+    assert srv.running
 
 
 @pytest.mark.slow

@@ -32,56 +32,13 @@ nn = torch.nn
 
 from cic_fast.core.cost import sent_set  # noqa: E402
 from cic_fast.evaluation.link import TokenBucketLink  # noqa: E402
-from cic_fast.frontend.profiling import Profile  # noqa: E402
-from cic_fast.frontend.tracing import trace  # noqa: E402
 from cic_fast.runtime.client import Client  # noqa: E402
 from cic_fast.runtime.estimator import BandwidthEstimator  # noqa: E402
 from cic_fast.runtime.server import Server  # noqa: E402
 from threads import run_threads  # noqa: E402
-from zoo import TwoBranch  # noqa: E402
+from zoo import Setup, TwoBranch  # noqa: E402
 
 TIMEOUT_S = 5.0
-
-
-class Setup:
-    """A model, its graph and profiles (device 10x slower than the server)."""
-
-    def __init__(self, model, x, device_layer_s: float = 1e-3, server_factor: float = 0.1):
-        self.model = model.eval()
-        self.x = x
-        self.graph = trace(self.model, x)
-        n = self.graph.n_nodes
-        self.dev = Profile.from_times(self.graph, np.full(n, device_layer_s))
-        self.srv = self.dev.scaled(server_factor)
-        with torch.inference_mode():
-            self.expected = self.model(x)
-
-    def server(self, **kw) -> Server:
-        kw.setdefault("timeout_s", TIMEOUT_S)
-        return Server(self.model, self.x, graph=self.graph, **kw).start()
-
-    def client(self, address, **kw) -> Client:
-        kw.setdefault("timeout_s", TIMEOUT_S)
-        return Client(
-            self.model,
-            self.x,
-            address,
-            device_profile=self.dev,
-            server_profile=self.srv,
-            graph=self.graph,
-            **kw,
-        )
-
-    def all_server(self) -> np.ndarray:
-        on = np.zeros(self.graph.n_nodes, dtype=bool)
-        on[self.graph.inputs] = True
-        return on
-
-    def prefix(self, k: int) -> np.ndarray:
-        on = np.zeros(self.graph.n_nodes, dtype=bool)
-        on[:k] = True
-        on[self.graph.inputs] = True
-        return on
 
 
 def assert_same(a, b) -> None:

@@ -114,3 +114,62 @@ def assert_same(a: Any, b: Any) -> None:
     else:
         assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# Socket timeout of the servers and clients the runtime tests build.
+TIMEOUT_S = 5.0
+
+
+class Setup:
+    """A model, its graph and profiles (device 10x slower than the server)."""
+
+    def __init__(self, model, x, device_layer_s: float = 1e-3, server_factor: float = 0.1):
+        import numpy as np
+        import torch
+
+        from cic_fast.frontend.profiling import Profile
+        from cic_fast.frontend.tracing import trace
+
+        self.model = model.eval()
+        self.x = x
+        self.graph = trace(self.model, x)
+        n = self.graph.n_nodes
+        self.dev = Profile.from_times(self.graph, np.full(n, device_layer_s))
+        self.srv = self.dev.scaled(server_factor)
+        with torch.inference_mode():
+            self.expected = self.model(x)
+
+    def server(self, **kw):
+        from cic_fast.runtime.server import Server
+
+        kw.setdefault("timeout_s", TIMEOUT_S)
+        return Server(self.model, self.x, graph=self.graph, **kw).start()
+
+    def client(self, address, **kw):
+        from cic_fast.runtime.client import Client
+
+        kw.setdefault("timeout_s", TIMEOUT_S)
+        return Client(
+            self.model,
+            self.x,
+            address,
+            device_profile=self.dev,
+            server_profile=self.srv,
+            graph=self.graph,
+            **kw,
+        )
+
+    def all_server(self):
+        import numpy as np
+
+        on = np.zeros(self.graph.n_nodes, dtype=bool)
+        on[self.graph.inputs] = True
+        return on
+
+    def prefix(self, k: int):
+        import numpy as np
+
+        on = np.zeros(self.graph.n_nodes, dtype=bool)
+        on[:k] = True
+        on[self.graph.inputs] = True
+        return on

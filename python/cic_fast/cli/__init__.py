@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from cic_fast.cli.common import resolve_model
 from cic_fast.cli.demo import add_demo_parser
 from cic_fast.cli.evaluate import add_evaluate_parser
 from cic_fast.cli.plan import add_plan_parser
@@ -38,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cic-fast``; return the process exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = resolve_model(args)
+    if problem is not None:
+        parser.error(problem)
     try:
         return int(args.func(args))
     except (ValueError, TypeError, FileNotFoundError) as exc:

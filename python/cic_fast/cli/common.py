@@ -31,14 +31,28 @@ __all__ = [
     "parse_bandwidth",
     "parse_csv",
     "parse_shape",
+    "resolve_model",
     "rtt_seconds",
     "trace_model",
 ]
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """MODEL, --input-shape, --weights, --seed."""
-    p.add_argument("model", help="torchvision:NAME or package.module:callable")
+    """MODEL (positional, or ``--model MODEL``), --input-shape, --weights, --seed.
+
+    `resolve_model` reconciles the two spellings of the model after parsing.
+    """
+    p.add_argument(
+        "model",
+        nargs="?",
+        help="torchvision:NAME or package.module:callable (or give it as --model MODEL)",
+    )
+    p.add_argument(
+        "--model",
+        dest="model_flag",
+        metavar="MODEL",
+        help="the model, as the positional MODEL",
+    )
     p.add_argument(
         "--input-shape",
         action="append",
@@ -48,6 +62,23 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--weights", metavar="FILE", help="state dict to load (weights_only=True)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random example input")
+
+
+def resolve_model(args: argparse.Namespace) -> str | None:
+    """Set ``args.model`` from the positional MODEL or ``--model``; an error message, or None.
+
+    Both may be given only if they agree; a command that takes a model needs one.
+    """
+    if not hasattr(args, "model_flag"):
+        return None
+    flag = args.model_flag
+    del args.model_flag
+    if flag is not None and args.model is not None and flag != args.model:
+        return f"MODEL given twice: {args.model!r} and --model {flag!r}"
+    args.model = args.model or flag
+    if args.model is None:
+        return "the model is required: MODEL or --model MODEL"
+    return None
 
 
 def add_profile_args(p: argparse.ArgumentParser, *, device_required: bool) -> None:

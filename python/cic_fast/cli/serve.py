@@ -2,7 +2,9 @@
 
 `cic_fast.cli` calls :func:`add_serve_parser` on its subparsers; the handler returns
 the exit code.  The server prints ``listening on HOST:PORT`` (flushed) once it
-accepts connections and serves until SIGINT or SIGTERM.
+accepts connections and serves until SIGINT or SIGTERM; then it drains (refuses new
+connections and requests, finishes the requests in flight within ``--drain-s``)
+and exits 0.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ __all__ = ["add_serve_parser"]
 
 
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``serve MODEL [--weights FILE] [--input-shape S] [--host H] [--port P]``."""
+    """Add ``serve MODEL|--model MODEL [--weights FILE] [--input-shape S] [--host H] ...``."""
     p = subparsers.add_parser(
         "serve",
         help="serve the tail of any split of a model to devices (see docs/protocol.md)",
@@ -28,34 +30,62 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
-    p.add_argument("--max-clients", type=int, default=64, help="concurrent clients (default 64)")
+    p.add_argument(
+        "--max-clients", type=int, default=64, help="authenticated clients at once (default 64)"
+    )
     p.add_argument("--cache-size", type=int, default=16, help="tails kept built (default 16)")
     p.add_argument(
         "--max-frame-mb", type=float, default=64.0, help="largest frame accepted, MiB (default 64)"
     )
     p.add_argument(
-        "--timeout-s", type=float, default=30.0, help="per-connection socket timeout (default 30)"
+        "--timeout-s",
+        type=float,
+        default=30.0,
+        help="close a connection idle this long; also the deadline of a whole request frame "
+        "(default 30)",
     )
-    p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument(
+        "--handshake-timeout-s",
+        type=float,
+        default=5.0,
+        help="deadline of a new connection's handshake (default 5)",
+    )
+    p.add_argument(
+        "--workers", type=int, help="requests computed at once (default: the usable cores)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads per worker (default: cores // workers, at least 1)",
+    )
+    p.add_argument(
+        "--queue-size",
+        type=int,
+        help="requests that may wait for a worker before BUSY answers (default 2 x workers)",
+    )
+    p.add_argument(
+        "--drain-s",
+        type=float,
+        default=10.0,
+        help="on SIGTERM or SIGINT, time requests in flight get to finish (default 10)",
+    )
     p.set_defaults(func=_run_serve)
     return p
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    import torch
-
     from cic_fast.frontend.models import load_model
     from cic_fast.runtime.server import Server
     from cic_fast.runtime.wire import Limits
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     model = load_model(args.model, weights=args.weights)
     inputs = example_inputs(args)
     graph = trace_model(model, inputs)
     max_bytes = int(args.max_frame_mb * (1 << 20))
     if max_bytes < 1:
         raise ValueError("--max-frame-mb must be positive")
+    if not args.drain_s >= 0:
+        raise ValueError("--drain-s must be >= 0")
     server = Server(
         model,
         inputs,
@@ -66,20 +96,23 @@ def _run_serve(args: argparse.Namespace) -> int:
         max_clients=args.max_clients,
         timeout_s=args.timeout_s,
         graph=graph,
+        workers=args.workers,
+        threads=args.threads,
+        queue_size=args.queue_size,
+        handshake_timeout_s=args.handshake_timeout_s,
     ).start()
 
     def _stop(signum: int, frame: Any) -> None:
-        server.stop()
+        server.stop()  # serve_forever then drains and returns
 
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     host, port = server.address
     print(
-        f"{args.model}: {graph.n_nodes} nodes, fingerprint {server.fingerprint[:16]}",
+        f"{args.model}: {graph.n_nodes} nodes, fingerprint {server.fingerprint[:16]}, "
+        f"{server.workers} workers x {server.threads} torch threads",
         file=sys.stderr,
     )
     print(f"listening on {host}:{port}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        server.close()
+    server.serve_forever(drain_s=args.drain_s)
     return 0

@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import queue
+import random
+import select
 import socket
 import threading
 import time
@@ -170,14 +172,15 @@ class _Pipe:
 
     def __init__(
         self,
-        sock: socket.socket,
-        max_frame_bytes: int | None,
-        limits: W.Limits,
-        decode: Callable[[W.MsgType, bytearray], tuple[int, float, Any]],
+        conn: _Conn,
+        timeout_s: float,
+        decode: Callable[[W.MsgType, W.Payload], tuple[int, float, Any]],
     ) -> None:
-        self.sock = sock
-        self.max_frame_bytes = max_frame_bytes
-        self.limits = limits
+        self.conn = conn
+        self.sock = conn.sock
+        self.max_frame_bytes = conn.max_frame_bytes
+        # two threads share the socket: one fixed timeout, no per-call deadlines
+        self.sock.settimeout(timeout_s)
         self.decode = decode
         self.error: BaseException | None = None
         self.reported = False
@@ -221,10 +224,10 @@ class _Pipe:
     def recv_loop(self) -> None:
         try:
             while (job := self.recvq.get()) is not None and self.error is None:
-                kind, payload = W.recv_frame(self.sock, self.limits)
-                job.t_recv = self.last_progress = time.perf_counter()
-                job.reply_bytes = W.HEADER.size + len(payload)
+                kind, payload = self.conn.reader.frame()
+                job.reply_bytes = W.HEADER.size + payload.left
                 request_id, job.server_s, job.out = self.decode(kind, payload)
+                job.t_recv = self.last_progress = time.perf_counter()
                 if request_id != job.request_id:
                     raise W.ProtocolError(W.ErrorCode.BAD_FRAME, "answer to another request")
                 with self.lock:
@@ -248,8 +251,8 @@ class _Pipe:
         self.sendq.put(None)
         self.recvq.put(None)
 
-    def close(self, timeout_s: float) -> socket.socket | None:
-        """Stop the threads; return the socket if it is healthy and idle, else close it."""
+    def close(self, timeout_s: float) -> _Conn | None:
+        """Stop the threads; return the connection if it is healthy and idle, else close it."""
         with self.lock:
             idle = self.error is None and not self.unanswered
         if idle:
@@ -260,10 +263,57 @@ class _Pipe:
         for t in self.threads:
             t.join(timeout_s)
         if idle and self.error is None and not any(t.is_alive() for t in self.threads):
-            return self.sock
+            return self.conn
+        self.conn.close()
+        return None
+
+
+class _Conn:
+    """An open connection whose handshake is done, and the reader of its frames."""
+
+    def __init__(self, sock: socket.socket, limits: W.Limits, max_frame_bytes: int | None):
+        self.sock = sock
+        self.reader = W.SocketReader(sock, limits)
+        self.max_frame_bytes = max_frame_bytes
+
+    def stale(self) -> bool:
+        """True if the server closed it (or wrote unasked) since the last answer.
+
+        An idle connection has nothing to read; anything readable now is an end
+        of file, a reset, or bytes nobody asked for: the connection is not
+        trusted for the next request.
+        """
+        if self.reader.buffered:
+            return True
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+
+    def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
-        return None
+
+
+def _small_payload(payload: W.Payload, what: str) -> bytes:
+    """The payload of a control frame (ERROR, HELLO_OK, PROBE_OK): a few KiB at most."""
+    if payload.left > _MAX_CONTROL_BYTES:
+        raise W.ProtocolError(
+            W.ErrorCode.TOO_LARGE, f"{what} frame of {payload.left} bytes from the server"
+        )
+    return bytes(payload.take(payload.left, what))
+
+
+# A probe that took longer than this is shrunk for the next time.
+_PROBE_SLOW_S = 0.05
+# Control frames carry a string or two and an integer.
+_MAX_CONTROL_BYTES = 4096
+# Errors after which the server keeps the connection open (docs/protocol.md).
+_KEEPS_CONNECTION = frozenset(
+    {W.ErrorCode.BAD_PARTITION, W.ErrorCode.BAD_TENSOR, W.ErrorCode.INTERNAL}
+)
+# A connection that fails this way before any byte of the answer was stale:
+# the server closed it (idle timeout, restart) while the client did not look.
+_STALE_ERRORS = (EOFError, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
 class Client:
@@ -286,19 +336,28 @@ class Client:
         Per-layer seconds on this device and on the server; required without
         ``planner``, checked against it with one.
     timeout_s : float
-        Bound on connecting, on every socket read or write and on every wait of
-        a stream.
+        Deadline of the network part of one request (connect, handshake, send,
+        answer), however the bytes trickle; past it the device finishes the
+        request. In a stream, the bound on every wait without progress.
     bandwidth_bps : float, optional
         Fix the bandwidth the decisions use (bits/s); None to estimate it.
     rtt_s : float, optional
         Round trip the Planner adds to offloading partitions (the planner's by
-        default, else 0); also subtracted from the measured transfer times before
-        they become bandwidth samples.
+        default, else 0). The bandwidth samples subtract the round trip the
+        client measures itself (see `BandwidthEstimator.add_transfer`).
     probe_bytes : int
-        Size of the bandwidth probe.
+        Size of the first bandwidth probe.
+    probe_max_bytes : int
+        Largest probe (see :meth:`probe`).
     retry_s : float
-        After a failure, compute locally without contacting the server for this
-        long.
+        After a failure, compute locally without contacting the server for about
+        this long; each further failure in a row doubles it (with a random
+        factor in [0.5, 1.5)), up to ``retry_max_s``. A success resets it.
+    retry_max_s : float
+        The longest back-off.
+    refresh_s : float
+        An estimate whose newest sample is older than this is refreshed by a
+        probe before the next decision (at most one probe per ``refresh_s``).
     estimator : BandwidthEstimator, optional
         Defaults to a median over 8 samples of the last 30 s.
     graph : LayerGraph, optional
@@ -348,7 +407,10 @@ class Client:
         bandwidth_bps: float | None = None,
         rtt_s: float | None = None,
         probe_bytes: int = 16384,
+        probe_max_bytes: int = 1 << 20,
         retry_s: float = 1.0,
+        retry_max_s: float = 60.0,
+        refresh_s: float = 10.0,
         estimator: BandwidthEstimator | None = None,
         graph: LayerGraph | None = None,
         planner: Planner | None = None,
@@ -367,8 +429,17 @@ class Client:
                     "give address=(host, port)"
                 )
             raise TypeError("Client needs the server's address=(host, port)")
-        if not timeout_s > 0:
-            raise ValueError("timeout_s must be > 0")
+        for name, value in (
+            ("timeout_s", timeout_s),
+            ("retry_s", retry_s),
+            ("retry_max_s", retry_max_s),
+            ("refresh_s", refresh_s),
+        ):
+            positive = name == "timeout_s"
+            if not (isinstance(value, int | float) and not isinstance(value, bool)):
+                raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+            if not (value > 0 if positive else value >= 0) or value != value:
+                raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, not {value}")
         if bandwidth_bps is not None and not bandwidth_bps > 0:
             raise ValueError("bandwidth_bps must be > 0 or None")
         if device_runner is not None and not callable(device_runner):
@@ -401,6 +472,8 @@ class Client:
         self.bandwidth_bps = bandwidth_bps
         self.rtt_s = planner.rtt_s
         self.probe_bytes = int(probe_bytes)
+        self.probe_max_bytes = max(self.probe_bytes, int(probe_max_bytes))
+        self._probe_size = self.probe_bytes
         self.retry_s = float(retry_s)
         self.estimator = estimator if estimator is not None else BandwidthEstimator()
         self.limits = limits or W.Limits()
@@ -413,9 +486,18 @@ class Client:
         self.cache_size = int(cache_size)
         self._parts: OrderedDict[bytes, tuple[Any, Any]] = OrderedDict()
         self._parts_lock = threading.Lock()
-        self._sock: socket.socket | None = None
+        self._out_wire = {
+            str(i): (str(dtype).removeprefix("torch."), tuple(shape))
+            for i, (dtype, shape) in enumerate(self._out_meta)
+        }
+        self._conn: _Conn | None = None
         self.server_max_frame_bytes: int | None = None
+        self.retry_max_s = float(retry_max_s)
+        self.refresh_s = float(refresh_s)
         self._down_until = 0.0
+        self._failures = 0
+        self._last_probe = -float("inf")
+        self._rng = random.Random()
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
         self.last: RequestRecord | None = None
@@ -425,10 +507,7 @@ class Client:
     def close(self) -> None:
         """Close the connection (the next request reconnects)."""
         with self._lock:
-            if self._sock is not None:
-                with contextlib.suppress(OSError):
-                    self._sock.close()
-                self._sock = None
+            self._drop_conn()
 
     def __enter__(self) -> Client:
         return self
@@ -436,36 +515,99 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _open(self) -> tuple[socket.socket, int | None]:
-        """A new connection, handshake done: (socket, the server's frame limit)."""
-        sock = socket.create_connection(self.address, timeout=self.timeout_s)
+    def _drop_conn(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _open(self, deadline: float) -> _Conn:
+        """A new connection, handshake done by ``deadline``."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed before connecting")
+        sock = socket.create_connection(self.address, timeout=left)
         try:
-            sock.settimeout(self.timeout_s)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            W.send_frame(sock, W.MsgType.HELLO, [M.encode_hello(self.fingerprint)])
-            kind, payload = W.recv_frame(sock, self.limits)
+            conn = _Conn(sock, self.limits, None)
+            hello = [M.encode_hello(self.fingerprint)]
+            W.send_frame(sock, W.MsgType.HELLO, hello, deadline=deadline)
+            kind, payload = conn.reader.frame(deadline=deadline)
+            body = _small_payload(payload, kind.name)
             if kind == W.MsgType.ERROR:
-                raise M.decode_error(payload, self.limits)
+                raise M.decode_error(body, self.limits)
             if kind != W.MsgType.HELLO_OK:
                 raise W.ProtocolError(W.ErrorCode.UNKNOWN_TYPE, f"expected HELLO_OK, got {kind}")
-            fp, limit = M.decode_hello(payload, self.limits, reply=True)
+            fp, conn.max_frame_bytes = M.decode_hello(body, self.limits, reply=True)
             if fp != self.fingerprint:
                 raise W.ProtocolError(W.ErrorCode.FINGERPRINT, "server has another model")
         except BaseException:
             sock.close()
             raise
-        return sock, limit
+        return conn
 
-    def _connection(self) -> socket.socket:
-        if self._sock is None:
-            self._sock, self.server_max_frame_bytes = self._open()
-        return self._sock
+    def _connection(self, deadline: float) -> tuple[_Conn, bool]:
+        """The open connection, or a new one: (connection, True if just opened).
 
-    def _fail(self, exc: BaseException) -> str:
-        """Drop the connection after a failure; do not retry for ``retry_s``."""
-        self.close()
-        self._down_until = time.monotonic() + self.retry_s
+        A connection the server closed while it was idle (its idle timeout, a
+        restart) is noticed here and replaced before anything is sent on it.
+        """
+        conn = self._conn
+        if conn is not None and conn.stale():
+            self._drop_conn()
+            conn = None
+        if conn is None:
+            conn = self._conn = self._open(deadline)
+            self.server_max_frame_bytes = conn.max_frame_bytes
+            return conn, True
+        return conn, False
+
+    def _exchange(
+        self,
+        msg_type: W.MsgType,
+        parts: list[Any],
+        nbytes: int,
+        deadline: float,
+        read: Callable[[W.MsgType, W.Payload], Any],
+    ) -> tuple[Any, int, int, float]:
+        """Send one frame and read its answer with ``read(kind, payload)``.
+
+        Returns (what ``read`` returned, bytes sent, bytes received, seconds from
+        the first byte sent to the last byte received). A connection found dead
+        before any byte of the answer arrived (the server closed it between
+        requests) is replaced and the frame sent again, once: requests have no
+        side effects on the server, so a resend is safe.
+        """
+        for attempt in (0, 1):
+            conn, fresh = self._connection(deadline)
+            self._check_frame(nbytes, conn.max_frame_bytes)
+            t1 = time.perf_counter()
+            try:
+                conn.reader.frame_started = False
+                sent = W.send_frame(conn.sock, msg_type, parts, deadline=deadline)
+                kind, payload = conn.reader.frame(deadline=deadline)
+            except _STALE_ERRORS:
+                self._drop_conn()
+                if fresh or attempt or conn.reader.frame_started:
+                    raise
+                continue
+            received = W.HEADER.size + payload.left
+            out = read(kind, payload)
+            return out, sent, received, time.perf_counter() - t1
+        raise AssertionError("unreachable")
+
+    def _fail(self, exc: BaseException, *, keep: bool = False) -> str:
+        """After a failure: drop the connection (unless ``keep``) and back off.
+
+        The back-off doubles with each failure in a row (``retry_s``, 2 x, 4 x,
+        ... up to ``retry_max_s``), times a random factor in [0.5, 1.5) so that
+        devices that lost the same server do not come back in step.
+        """
+        if not keep:
+            self._drop_conn()
+        self._failures += 1
+        base = min(self.retry_max_s, self.retry_s * 2.0 ** min(self._failures - 1, 30))
+        self._down_until = time.monotonic() + base * self._rng.uniform(0.5, 1.5)
         return _describe(exc)
 
     @property
@@ -473,34 +615,66 @@ class Client:
         """True while the client is backing off after a failure."""
         return time.monotonic() < self._down_until
 
-    def probe(self) -> float | None:
-        """Time a ``probe_bytes`` transfer; add it as a sample; return the estimate.
+    @property
+    def retry_in_s(self) -> float:
+        """Seconds until the client contacts the server again (0 when it would now)."""
+        return max(0.0, self._down_until - time.monotonic())
 
-        Returns None (and backs off) if the server cannot be reached.
+    def probe(self) -> float | None:
+        """Time a transfer of filler bytes; add it as a sample; return the estimate.
+
+        The probe starts at ``probe_bytes`` and grows (x4, up to
+        ``probe_max_bytes``) while its time is mostly latency, so that on a
+        fast link it still measures the rate; the size that worked is where
+        the next probe starts (halved when a probe took over 50 ms).
+
+        A probe without filler first measures the round trip that every transfer
+        pays (not the handshake's: a new connection's first exchange also pays
+        for setting it up, in the kernel, in a proxy, in the server). Returns
+        None (and backs off) if the server cannot be reached.
         """
         with self._lock:
+            self._last_probe = time.monotonic()
+            deadline = self._last_probe + self.timeout_s
             try:
-                sock = self._connection()
-                t0 = time.perf_counter()
-                sent = W.send_frame(sock, W.MsgType.PROBE, [bytes(self.probe_bytes)])
-                kind, payload = W.recv_frame(sock, self.limits)
-                seconds = time.perf_counter() - t0
-                if kind == W.MsgType.ERROR:
-                    raise M.decode_error(payload, self.limits)
-                if kind != W.MsgType.PROBE_OK:
-                    raise W.ProtocolError(
-                        W.ErrorCode.UNKNOWN_TYPE, f"expected PROBE_OK, got {kind}"
+                _, _, _, seconds = self._exchange(
+                    W.MsgType.PROBE, [], 0, deadline, self._read_probe_ok(0)
+                )
+                self.estimator.add_latency(seconds)
+                while True:
+                    size = self._probe_size
+                    _, sent, received, seconds = self._exchange(
+                        W.MsgType.PROBE, [bytes(size)], size, deadline, self._read_probe_ok(size)
                     )
-                if M.decode_probe_ok(payload, self.limits) != self.probe_bytes:
-                    raise W.ProtocolError(W.ErrorCode.BAD_FRAME, "probe size mismatch")
+                    last = size >= self.probe_max_bytes
+                    if self.estimator.add_transfer(8.0 * (sent + received), seconds, force=last):
+                        if seconds > _PROBE_SLOW_S:  # the link slowed: probe smaller next time
+                            self._probe_size = max(self.probe_bytes, size // 2)
+                        break
+                    if last:
+                        break
+                    # mostly latency: a larger probe next, until its wire time shows
+                    self._probe_size = min(self.probe_max_bytes, 4 * size)
             except _NETWORK_ERRORS as e:
                 self._fail(e)
                 return None
-            self._add_sample(sent + W.HEADER.size + len(payload), seconds)
+            self._failures = 0
             return self.estimator.estimate()
 
+    def _read_probe_ok(self, n: int) -> Callable[[W.MsgType, W.Payload], None]:
+        def read(kind: W.MsgType, payload: W.Payload) -> None:
+            body = _small_payload(payload, kind.name)
+            if kind == W.MsgType.ERROR:
+                raise M.decode_error(body, self.limits)
+            if kind != W.MsgType.PROBE_OK:
+                raise W.ProtocolError(W.ErrorCode.UNKNOWN_TYPE, f"expected PROBE_OK, got {kind}")
+            if M.decode_probe_ok(body, self.limits) != n:
+                raise W.ProtocolError(W.ErrorCode.BAD_FRAME, "probe size mismatch")
+
+        return read
+
     def _add_sample(self, nbytes: int, seconds: float) -> None:
-        self.estimator.add(8.0 * nbytes, max(seconds - self.rtt_s, 1e-9))
+        self.estimator.add_transfer(8.0 * nbytes, seconds)
 
     # -- device computation ------------------------------------------------------
 
@@ -539,14 +713,26 @@ class Client:
     # -- inference -----------------------------------------------------------------
 
     def decide(self) -> tuple[Partition, float | None, bool]:
-        """The partition for the next request: (partition, bandwidth used, probed)."""
+        """The partition for the next request: (partition, bandwidth used, probed).
+
+        Probes first when there is no estimate, or when its newest sample (or
+        the round trip it subtracts) is older than ``refresh_s`` or its window
+        (at most one probe per ``refresh_s``: a client
+        whose decisions send nothing learns that the link recovered, at a cost
+        of ``probe_bytes`` per ``refresh_s``).
+        """
         probed = False
         bw = self.bandwidth_bps
         if bw is None:
             bw = self.estimator.estimate()
-            if bw is None and not self.server_down:
-                bw = self.probe()
-                probed = bw is not None
+            now = time.monotonic()
+            age = self.estimator.age_s()
+            old = (age is not None and age > self.refresh_s) or self.estimator.latency_s() is None
+            stale = bw is None or (old and now - self._last_probe >= self.refresh_s)
+            if stale and not self.server_down:
+                fresh = self.probe()
+                probed = fresh is not None
+                bw = fresh if fresh is not None else bw
         return self._decide_at(bw), bw, probed
 
     def _decide_at(self, bw: float | None) -> Partition:
@@ -613,28 +799,32 @@ class Client:
             except (TypeError, ValueError) as e:  # e.g. a non-tensor value at the cut
                 return self._local(tail, sent, partition, bw, probed, t_start, t0, str(e))
             device_s = time.perf_counter() - t0
+            # timeout_s bounds the whole network part: connect, handshake, send, answer
+            deadline = time.monotonic() + self.timeout_s
             try:
-                sock = self._connection()
-                self._check_frame(nbytes, self.server_max_frame_bytes)
-                t1 = time.perf_counter()
-                frame_bytes = W.send_frame(sock, W.MsgType.INFER, parts)
-                kind, payload = W.recv_frame(sock, self.limits)
-                t2 = time.perf_counter()
-                got_id, server_s, out = self._decode_result(kind, payload)
+                (got_id, server_s, out), frame_bytes, reply_bytes, seconds = self._exchange(
+                    W.MsgType.INFER, parts, nbytes, deadline, self._read_result
+                )
                 if got_id != request_id:
                     raise W.ProtocolError(W.ErrorCode.BAD_FRAME, "answer to another request")
+            except W.RemoteError as e:
+                # the server refused this request but keeps the connection
+                keep = e.code in _KEEPS_CONNECTION or e.code == W.ErrorCode.BUSY
+                err = self._fail(e, keep=keep)
+                return self._local(tail, sent, partition, bw, probed, t_start, t0, err)
             except _NETWORK_ERRORS as e:
                 err = self._fail(e)
                 return self._local(tail, sent, partition, bw, probed, t_start, t0, err)
-            transfer_s = max(t2 - t1 - server_s, 0.0)
-            self._add_sample(frame_bytes + W.HEADER.size + len(payload), transfer_s)
+            self._failures = 0
             t3 = time.perf_counter()
+            transfer_s = max(seconds - server_s, 0.0)
+            self._add_sample(frame_bytes + reply_bytes, transfer_s)
             self.last = RequestRecord(
                 partition=partition,
                 fallback=False,
                 bytes_sent=int(partition.bytes_sent),
                 bandwidth_estimate_bps=bw,
-                device_s=device_s + t3 - t2,
+                device_s=device_s,
                 transfer_s=transfer_s,
                 server_s=server_s,
                 total_s=t3 - t_start,
@@ -667,17 +857,29 @@ class Client:
         self.last = _local_record(partition, True, bw, probed, t_start, t0, error)
         return out
 
-    def _decode_result(self, kind: W.MsgType, payload: bytearray) -> tuple[int, float, Any]:
-        """A RESULT frame -> (request id, server seconds, the model's outputs)."""
+    def _read_result(self, kind: W.MsgType, payload: W.Payload) -> tuple[int, float, Any]:
+        """A RESULT frame -> (request id, server seconds, the model's outputs).
+
+        Each output tensor's header is checked against the model's (dtype,
+        shape) before it is allocated; its bytes are received straight into it.
+        """
         import torch
 
         if kind == W.MsgType.ERROR:
-            raise M.decode_error(payload, self.limits)
+            raise M.decode_error(_small_payload(payload, "ERROR"), self.limits)
         if kind != W.MsgType.RESULT:
             raise W.ProtocolError(W.ErrorCode.UNKNOWN_TYPE, f"expected RESULT, got {kind}")
         with torch.inference_mode():
-            request_id, server_s, leaves = M.decode_result(payload, self.limits)
+            request_id, server_s, leaves = M.read_result(payload, self._check_output)
         return request_id, server_s, self._restructure(leaves)
+
+    def _check_output(self, name: str, dtype: str, dims: tuple[int, ...]) -> None:
+        meta = self._out_wire.get(name)
+        if meta is None or meta != (dtype, tuple(dims)):
+            raise W.ProtocolError(
+                W.ErrorCode.BAD_FRAME,
+                f"server output {name!r} ({dtype}{list(dims)}) is not the model's",
+            )
 
     def _restructure(self, leaves: list[Any]) -> Any:
         from torch.utils import _pytree
@@ -831,7 +1033,8 @@ class Client:
             self._check_frame(nbytes, pipe.max_frame_bytes)
         except _NETWORK_ERRORS as e:
             # back off; a pipe already open keeps carrying the earlier frames
-            self._down_until = time.monotonic() + self.retry_s
+            with self._lock:
+                self._fail(e, keep=True)
             job.parts = None
             self._stream_fallback(job, t0, _describe(e))
             return pipe
@@ -865,29 +1068,31 @@ class Client:
     def _open_pipe(self) -> _Pipe:
         """A pipe on the client's connection (taken over), or on a new one."""
         with self._lock:
-            sock, limit = self._sock, self.server_max_frame_bytes
-            self._sock = None
-        if sock is None:
-            sock, limit = self._open()
-        return _Pipe(sock, limit, self.limits, self._decode_result)
+            conn, self._conn = self._conn, None
+        if conn is not None and conn.stale():
+            conn.close()
+            conn = None
+        if conn is None:
+            conn = self._open(time.monotonic() + self.timeout_s)
+        return _Pipe(conn, self.timeout_s, self._read_result)
 
     def _return_pipe(self, pipe: _Pipe) -> None:
         """End a stream's pipe; keep its connection for later requests if it is idle."""
-        sock = pipe.close(self.timeout_s)
-        if sock is None:
+        conn = pipe.close(self.timeout_s)
+        if conn is None:
             return
         with self._lock:
-            if self._sock is None:
-                self._sock, self.server_max_frame_bytes = sock, pipe.max_frame_bytes
+            if self._conn is None:
+                self._conn = conn
                 return
-        with contextlib.suppress(OSError):
-            sock.close()
+        conn.close()
 
     def _report(self, pipe: _Pipe) -> None:
         """Back off once after a pipe failed."""
         if not pipe.reported:
             pipe.reported = True
-            self._down_until = time.monotonic() + self.retry_s
+            with self._lock:
+                self._fail(pipe.error or ConnectionError("stream failed"), keep=True)
 
     def _stream_finish(self, job: _Job, last_done: float) -> tuple[Any, float]:
         """Wait (bounded) for a frame's answer or finish it locally; set ``self.last``.

@@ -12,8 +12,9 @@ PROBE_OK   server -> client           ``u64`` number of filler bytes received
 ERROR      either way                 ``u16`` code, message (string)
 =========  =========================  =============================================
 
-Every decoder reads through a bounds-checked `cic_fast.runtime.wire.Reader` and
-requires the payload to be consumed exactly; `cic_fast.runtime.wire` frames them.
+Every decoder reads through a bounds-checked `cic_fast.runtime.wire.Payload` (a payload
+in memory, or a frame still arriving on a socket) and requires the payload to be
+consumed exactly; `cic_fast.runtime.wire` frames them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ __all__ = [
     "encode_probe_ok",
     "encode_request",
     "encode_result",
+    "read_request_head",
+    "read_result",
 ]
 
 _U16 = struct.Struct("<H")
@@ -109,13 +112,23 @@ def encode_request(
     return [head, *parts], len(head) + n
 
 
+def read_request_head(r: W.Payload) -> tuple[int, np.ndarray]:
+    """The start of an INFER payload: (request id, ``on_device`` bool array).
+
+    The boundary tensors follow (`cic_fast.runtime.wire.read_tensors`), so a
+    receiver can check the partition before it allocates any of them.
+    """
+    request_id, n = r.unpack(_REQ, "request header")
+    if n > r.limits.max_nodes:
+        raise W.ProtocolError(W.ErrorCode.TOO_LARGE, f"partition of {n} nodes over the limit")
+    on = W.unpack_mask(r.take((n + 7) // 8, "partition mask"), n)
+    return request_id, on
+
+
 def decode_request(payload: Any, limits: W.Limits) -> tuple[int, np.ndarray, dict[str, Any]]:
     """Parse INFER: (request id, ``on_device`` bool array, name -> tensor)."""
     r = W.Reader(payload, limits)
-    request_id, n = r.unpack(_REQ, "request header")
-    if n > limits.max_nodes:
-        raise W.ProtocolError(W.ErrorCode.TOO_LARGE, f"partition of {n} nodes over the limit")
-    on = W.unpack_mask(r.take((n + 7) // 8, "partition mask"), n)
+    request_id, on = read_request_head(r)
     tensors = dict(W.read_tensors(r))
     r.end()
     return request_id, on, tensors
@@ -130,14 +143,22 @@ def encode_result(
     return [head, *parts], len(head) + n
 
 
-def decode_result(payload: Any, limits: W.Limits) -> tuple[int, float, list[Any]]:
-    """Parse RESULT: (request id, server seconds, flat output tensors in order)."""
-    r = W.Reader(payload, limits)
+def read_result(r: W.Payload, check: W.TensorCheck | None = None) -> tuple[int, float, list[Any]]:
+    """Read a RESULT payload: (request id, server seconds, flat output tensors in order).
+
+    ``check`` sees each tensor's header before it is allocated (the client checks
+    them against the model's outputs); the payload must end with the last one.
+    """
     request_id, server_s = r.unpack(_RES, "result header")
-    tensors = W.read_tensors(r)
+    tensors = W.read_tensors(r, check)
     r.end()
     if [n for n, _ in tensors] != [str(i) for i in range(len(tensors))]:
         raise W.ProtocolError(W.ErrorCode.BAD_FRAME, "result tensors must be named 0, 1, ...")
     if not (math.isfinite(server_s) and server_s >= 0):
         raise W.ProtocolError(W.ErrorCode.BAD_FRAME, f"bad server time {server_s}")
     return request_id, float(server_s), [t for _, t in tensors]
+
+
+def decode_result(payload: Any, limits: W.Limits) -> tuple[int, float, list[Any]]:
+    """Parse RESULT: (request id, server seconds, flat output tensors in order)."""
+    return read_result(W.Reader(payload, limits))

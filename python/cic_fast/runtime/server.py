@@ -7,15 +7,44 @@ then send requests that carry a partition (which layers the device ran) and the
 boundary tensors; the server validates both, runs the partition's tail and sends the
 model's outputs back.  Tails are built on first use and kept in an LRU cache.
 
-Each connection is served by its own thread; a bad frame, a bad request or a tail
-that raises is answered with an ``ERROR`` frame (and, where the stream can no
-longer be trusted, the connection is closed) without affecting other clients.
-Every socket has a timeout.  See docs/protocol.md.
+Concurrency model (docs/protocol.md, "The server's runtime"):
+
+- one *gate* thread owns the listening socket and every connection that has not
+  finished its handshake: non-blocking sockets under a selector, a small buffer
+  each (a header, then a HELLO of at most ``2 + max_name_bytes`` bytes), a
+  deadline per handshake. It never blocks on a peer, and an unauthenticated
+  connection holds no client slot and no thread;
+- each authenticated connection is served by a *session* thread from a pool that
+  always keeps one spare thread started, so the gate only hands sockets over.
+  A session reads a request straight into the tensors' memory, runs the tail
+  and writes the answer itself: no thread hop on the request path (a hop costs
+  more than the whole loopback round trip on small machines: see
+  docs/benchmarks.md);
+- compute is bounded by ``workers`` slots; a request that finds every slot taken
+  waits in an admission queue of ``queue_size`` places, and one that finds the
+  queue full is answered ``BUSY`` at once (the connection stays open, the client
+  computes that request locally). Each session thread runs torch with
+  ``threads`` intra-op threads, so ``workers * threads`` matches the cores.
+
+Why threads and not an event loop: the request path must not change threads
+(a hand-off between an event loop and a compute pool costs 0.1-0.6 ms here, the
+budget of the whole runtime), and torch releases the GIL while it computes, so a
+blocked session thread costs nothing but its stack. The parts an event loop does
+best (many idle or hostile sockets, deadlines without threads) are the gate's.
+
+A bad frame, a bad request or a tail that raises is answered with an ``ERROR``
+frame (and, where the stream can no longer be trusted, the connection is closed)
+without affecting other clients.  :meth:`Server.stop` (SIGTERM in ``cic-fast
+serve``) drains: no new connection or request is accepted, requests in flight
+finish and are answered, then the connections close.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import queue
+import selectors
 import socket
 import threading
 import time
@@ -34,7 +63,18 @@ from cic_fast.runtime.fingerprint import traced_fingerprint
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Server"]
+__all__ = ["Server", "usable_cores"]
+
+# A session that waits for its next request checks for a drain this often.
+_POLL_S = 0.2
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 class _Tail:
@@ -43,6 +83,43 @@ class _Tail:
     def __init__(self, module: Any, expected: dict[str, tuple[str | None, Any]]) -> None:
         self.module = module
         self.expected = expected
+
+    def check(self, name: str, dtype: str, dims: tuple[int, ...]) -> None:
+        """Refuse (BAD_TENSOR) a received tensor header that is not part of the boundary."""
+        want = self.expected.get(name)
+        if want is None:
+            raise W.ProtocolError(
+                W.ErrorCode.BAD_TENSOR, f"tensor {name!r} is not in the partition's boundary"
+            )
+        wdtype, wshape = want
+        if (wdtype is not None and dtype != wdtype) or (
+            wshape is not None and tuple(dims) != tuple(wshape)
+        ):
+            raise W.ProtocolError(
+                W.ErrorCode.BAD_TENSOR,
+                f"tensor {name!r}: got {dtype}{list(dims)}, expected {wdtype}{list(wshape or ())}",
+            )
+
+
+class _TailSlot:
+    """One cache entry: the tail, once built by the first request that needed it."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.tail: _Tail | None = None
+        self.error: BaseException | None = None
+
+
+class _Hello:
+    """A connection in its handshake: what has arrived of its HELLO frame."""
+
+    __slots__ = ("buf", "deadline", "got", "length")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.buf = bytearray(W.HEADER.size)  # grows to the HELLO's size once validated
+        self.got = 0
+        self.length = -1
 
 
 class Server:
@@ -64,18 +141,37 @@ class Server:
     cache_size : int
         Most tails kept built (least recently used ones are dropped).
     max_clients : int
-        Most concurrent connections; more are refused with a ``BUSY`` error.
+        Most authenticated connections at once; a client that completes its
+        handshake beyond that is refused with ``BUSY``. Connections still in
+        their handshake do not count (they are bounded by ``max_handshakes``
+        and ``handshake_timeout_s``).
     timeout_s : float
-        Socket timeout of each connection: an idle or stalled client is dropped
-        after this long.
+        An authenticated connection with no request for this long is closed;
+        also the deadline for writing one answer.
     graph : LayerGraph, optional
         With a model: ``trace(model, example_inputs)`` if already computed.
+    workers : int, optional
+        Requests computed at once (default: the usable cores).
+    threads : int, optional
+        torch intra-op threads of each session thread (default: usable cores //
+        ``workers``, at least 1).
+    queue_size : int, optional
+        Requests that may wait for a worker; one more is answered ``BUSY`` at
+        once (default: 2 * ``workers``).
+    handshake_timeout_s : float
+        Deadline for a new connection's whole HELLO, from its accept.
+    frame_timeout_s : float, optional
+        Deadline for a whole request frame, from its first byte (default
+        ``timeout_s``): a peer that trickles bytes is dropped.
+    max_handshakes : int
+        Most connections in their handshake at once; beyond it the oldest is
+        dropped.
 
     Raises
     ------
     TypeError, ValueError
         See `cic_fast.frontend.tracing.as_traced` (e.g. a graph loaded from JSON,
-        which has no program); bad sizes or timeout.
+        which has no program); bad sizes or timeouts.
 
     Examples
     --------
@@ -96,24 +192,73 @@ class Server:
         max_clients: int = 64,
         timeout_s: float = 30.0,
         graph: LayerGraph | None = None,
+        workers: int | None = None,
+        threads: int | None = None,
+        queue_size: int | None = None,
+        handshake_timeout_s: float = 5.0,
+        frame_timeout_s: float | None = None,
+        max_handshakes: int = 1024,
     ) -> None:
-        if cache_size < 1 or max_clients < 1 or not timeout_s > 0:
-            raise ValueError("cache_size and max_clients must be >= 1, timeout_s > 0")
+        cores = usable_cores()
+        workers = cores if workers is None else workers
+        for name, value in (
+            ("cache_size", cache_size),
+            ("max_clients", max_clients),
+            ("workers", workers),
+            ("max_handshakes", max_handshakes),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, not {value!r}")
+        threads = max(1, cores // workers) if threads is None else threads
+        queue_size = 2 * workers if queue_size is None else queue_size
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be an int >= 1, not {threads!r}")
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 0:
+            raise ValueError(f"queue_size must be an int >= 0, not {queue_size!r}")
+        frame_timeout_s = timeout_s if frame_timeout_s is None else frame_timeout_s
+        for name, t in (
+            ("timeout_s", timeout_s),
+            ("handshake_timeout_s", handshake_timeout_s),
+            ("frame_timeout_s", frame_timeout_s),
+        ):
+            if not (isinstance(t, int | float) and 0 < t < float("inf")):
+                raise ValueError(f"{name} must be a finite number > 0, not {t!r}")
         self.model, self.graph, _ = as_traced(model, example_inputs, graph=graph)
         self.fingerprint = traced_fingerprint(self.graph)
         self.limits = limits or W.Limits()
         self.cache_size = cache_size
         self.max_clients = max_clients
         self.timeout_s = float(timeout_s)
+        self.workers = workers
+        self.threads = threads
+        self.queue_size = queue_size
+        self.handshake_timeout_s = float(handshake_timeout_s)
+        self.frame_timeout_s = float(frame_timeout_s)
+        self.max_handshakes = max_handshakes
+        # a HELLO is a fingerprint string: its length prefix and at most max_name_bytes
+        self.max_hello_bytes = 2 + self.limits.max_name_bytes
         self._bind = (host, port)
         self._sock: socket.socket | None = None
-        self._stop = threading.Event()
-        self._accept_thread: threading.Thread | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._draining = threading.Event()
+        self._gate: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._build_lock = threading.Lock()
-        self._tails: OrderedDict[bytes, _Tail] = OrderedDict()
-        self._conns: dict[socket.socket, threading.Thread] = {}
-        self.stats = {"connections": 0, "requests": 0, "errors": 0, "tails_built": 0}
+        self._tails: OrderedDict[bytes, _TailSlot] = OrderedDict()
+        self._slots = threading.BoundedSemaphore(workers)
+        self._waiting = 0
+        self._sessions: queue.SimpleQueue[socket.socket | None] = queue.SimpleQueue()
+        self._session_threads: set[threading.Thread] = set()
+        self._idle_threads = 0
+        self._conns: dict[socket.socket, bool] = {}  # authenticated -> busy with a frame
+        self.stats = {
+            "connections": 0,
+            "requests": 0,
+            "errors": 0,
+            "tails_built": 0,
+            "busy": 0,
+            "handshake_timeouts": 0,
+        }
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -125,51 +270,81 @@ class Server:
         host, port = self._sock.getsockname()[:2]
         return str(host), int(port)
 
+    @property
+    def running(self) -> bool:
+        """True while the server accepts connections (started, not stopped)."""
+        return self._gate is not None and self._gate.is_alive() and not self._draining.is_set()
+
     def start(self) -> Server:
-        """Bind, listen and serve in a background thread; return self."""
+        """Bind, listen and serve in background threads; return self."""
         if self._sock is not None:
             raise RuntimeError("server already started")
-        sock = socket.create_server(self._bind, backlog=128)
-        sock.settimeout(0.2)  # the accept loop polls the stop flag
+        sock = socket.create_server(self._bind, backlog=1024)
+        sock.setblocking(False)
         self._sock = sock
-        self._accept_thread = threading.Thread(
-            target=self._accept_loop, name="cic-server-accept", daemon=True
-        )
-        self._accept_thread.start()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._spawn_session_thread()
+        self._gate = threading.Thread(target=self._gate_loop, name="cic-server-gate", daemon=True)
+        self._gate.start()
         return self
 
-    def serve_forever(self) -> None:
-        """Start (if needed) and block until :meth:`close` (or KeyboardInterrupt)."""
+    def serve_forever(self, drain_s: float = 10.0) -> None:
+        """Start (if needed) and block until :meth:`stop`; then drain and close.
+
+        Parameters
+        ----------
+        drain_s : float
+            How long requests in flight get to finish after the stop.
+        """
         if self._sock is None:
             self.start()
         try:
-            while not self._stop.wait(0.5):
+            while not self._draining.wait(0.5):
                 pass
         finally:
-            self.close()
+            self.close(drain_s)
 
     def stop(self) -> None:
-        """Ask the server to stop; `serve_forever` returns and closes it (signal-safe)."""
-        self._stop.set()
+        """Stop accepting connections and requests (signal-safe); see :meth:`close`."""
+        self._draining.set()
+        if self._wake_w is not None:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"x")
 
     def close(self, timeout_s: float = 2.0) -> None:
-        """Stop accepting, drop every connection and join the threads."""
-        self._stop.set()
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.close()
+        """Drain, then close: refuse new work, let requests in flight finish, join.
+
+        New connections are refused at once; a connection waiting for its next
+        request is closed within ~0.2 s; a request being received, computed or
+        answered is finished and answered. After ``timeout_s`` every connection
+        still open is shut down.
+        """
+        self.stop()
+        deadline = time.monotonic() + timeout_s
+        if self._gate is not None and self._gate is not threading.current_thread():
+            self._gate.join(max(0.0, deadline - time.monotonic()))
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._conns:
+                    break
+            time.sleep(0.01)
         with self._lock:
-            conns = list(self._conns.items())
-        for conn, _ in conns:
+            conns = list(self._conns)
+            threads = list(self._session_threads)
+        for conn in conns:  # past the drain deadline
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-        deadline = time.monotonic() + timeout_s
-        threads = [t for _, t in conns]
-        if self._accept_thread is not None:
-            threads.append(self._accept_thread)
+        for _ in threads:
+            self._sessions.put(None)
         for t in threads:
             if t is not threading.current_thread():
-                t.join(max(0.0, deadline - time.monotonic()))
+                t.join(max(0.05, deadline - time.monotonic()))
+        for s in (self._wake_r, self._wake_w):
+            if s is not None:
+                with contextlib.suppress(OSError):
+                    s.close()
 
     def __enter__(self) -> Server:
         return self
@@ -182,43 +357,62 @@ class Server:
     def tail_for(self, on_device: np.ndarray) -> _Tail:
         """The (cached) tail of a partition.
 
+        Each partition's tail is built once, by the first request that needs it;
+        concurrent requests for the same partition wait for that build, requests
+        for other partitions (built or not) do not.
+
         Raises
         ------
         protocol.ProtocolError
-            BAD_PARTITION if the partition is invalid or offloads nothing.
+            BAD_PARTITION if the partition is invalid or offloads nothing;
+            INTERNAL if its tail cannot be built.
         """
         # the length is part of the key: masks of n and n-1 nodes can pack alike
         key = len(on_device).to_bytes(8, "little") + W.pack_mask(on_device)
         with self._lock:
-            tail = self._tails.get(key)
-            if tail is not None:
+            slot = self._tails.get(key)
+            if slot is not None:
                 self._tails.move_to_end(key)
-                return tail
-        try:
-            g = self.graph
-            on = cost.check_partition(g.edges, g.n_nodes, on_device, names=g.names)
-        except ValueError as e:
-            raise W.ProtocolError(W.ErrorCode.BAD_PARTITION, str(e)) from None
-        if on.all():
-            raise W.ProtocolError(W.ErrorCode.BAD_PARTITION, "partition offloads nothing")
-        with self._build_lock:  # one build at a time; a concurrent twin waits, then hits
+        if slot is None:
+            try:
+                g = self.graph
+                on = cost.check_partition(g.edges, g.n_nodes, on_device, names=g.names)
+            except ValueError as e:
+                raise W.ProtocolError(W.ErrorCode.BAD_PARTITION, str(e)) from None
+            if on.all():
+                raise W.ProtocolError(W.ErrorCode.BAD_PARTITION, "partition offloads nothing")
             with self._lock:
-                tail = self._tails.get(key)
-            if tail is not None:
-                return tail
-            _, module, boundary = build_parts(self.graph, on)
+                slot = self._tails.get(key)
+                build = slot is None
+                if slot is None:
+                    slot = self._tails[key] = _TailSlot()
+                    while len(self._tails) > self.cache_size:  # holders keep theirs alive
+                        self._tails.popitem(last=False)
+            if build:
+                self._build_tail(key, slot, on)
+        if not slot.ready.wait(self.timeout_s):
+            raise W.ProtocolError(W.ErrorCode.INTERNAL, "tail build did not finish in time")
+        if slot.tail is None:
+            raise W.ProtocolError(W.ErrorCode.INTERNAL, f"tail could not be built: {slot.error}")
+        return slot.tail
+
+    def _build_tail(self, key: bytes, slot: _TailSlot, on: np.ndarray) -> None:
+        try:
+            _, module, boundary = build_parts(self.graph, on)  # TODO-head
             expected = {
                 b.name: (None if b.dtype is None else dtype_of_label(b.dtype), b.shape)
                 for b in describe_boundary(self.graph, boundary)
             }
-            tail = _Tail(module, expected)
+            slot.tail = _Tail(module, expected)
             with self._lock:
                 self.stats["tails_built"] += 1
-                self._tails[key] = tail
-                self._tails.move_to_end(key)
-                while len(self._tails) > self.cache_size:
-                    self._tails.popitem(last=False)
-        return tail
+        except Exception as e:  # reported to every request that waited for it
+            slot.error = e
+            with self._lock:
+                if self._tails.get(key) is slot:
+                    del self._tails[key]
+        finally:
+            slot.ready.set()
 
     @property
     def cached_tails(self) -> int:
@@ -251,17 +445,8 @@ class Server:
                 W.ErrorCode.BAD_TENSOR,
                 f"boundary tensors do not match the partition (missing {missing}, extra {extra})",
             )
-        for name, (dtype, shape) in tail.expected.items():
-            t = tensors[name]
-            got = str(t.dtype).removeprefix("torch.")
-            if (dtype is not None and got != dtype) or (
-                shape is not None and tuple(t.shape) != tuple(shape)
-            ):
-                raise W.ProtocolError(
-                    W.ErrorCode.BAD_TENSOR,
-                    f"tensor {name!r}: got {got}{list(t.shape)}, "
-                    f"expected {dtype}{list(shape or ())}",
-                )
+        for name, t in tensors.items():
+            tail.check(name, str(t.dtype).removeprefix("torch."), tuple(t.shape))
         try:
             with torch.inference_mode():
                 out = tail.module(tensors)
@@ -274,106 +459,302 @@ class Server:
             raise W.ProtocolError(W.ErrorCode.INTERNAL, "model output holds non-tensor values")
         return leaves
 
-    # -- connections ---------------------------------------------------------------
+    # -- the gate: accept and handshake, never blocking ------------------------------
 
-    def _accept_loop(self) -> None:
+    def _gate_loop(self) -> None:
+        assert self._sock is not None and self._wake_r is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self._sock, selectors.EVENT_READ, None)
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        pending: OrderedDict[socket.socket, _Hello] = OrderedDict()  # oldest first
+        try:
+            while not self._draining.is_set():
+                timeout = 1.0
+                if pending:
+                    first = next(iter(pending.values()))
+                    timeout = min(timeout, max(0.0, first.deadline - time.monotonic()))
+                for key, _ in sel.select(timeout):
+                    if key.data is None:
+                        self._accept_some(sel, pending)
+                    elif key.data == "wake":
+                        with contextlib.suppress(OSError):
+                            self._wake_r.recv(64)
+                    else:
+                        self._hello_step(sel, pending, key.fileobj)  # type: ignore[arg-type]
+                now = time.monotonic()
+                while pending:
+                    conn, h = next(iter(pending.items()))
+                    if h.deadline > now:
+                        break
+                    with self._lock:
+                        self.stats["handshake_timeouts"] += 1
+                    self._drop(sel, pending, conn)
+        finally:
+            for conn in list(pending):
+                self._drop(sel, pending, conn)
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            sel.close()
+
+    def _accept_some(
+        self, sel: selectors.BaseSelector, pending: OrderedDict[socket.socket, _Hello]
+    ) -> None:
         assert self._sock is not None
-        while not self._stop.is_set():
+        for _ in range(64):  # then let the handshakes in progress have a turn
             try:
                 conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stop.is_set():
-                    return
-                time.sleep(0.05)  # e.g. out of file descriptors: back off, keep serving
-                continue
-            try:
-                self._admit(conn)
-            except Exception:  # e.g. no thread could be started: drop this one, go on
-                with contextlib.suppress(OSError):
-                    conn.close()
-                with self._lock:
-                    self._conns.pop(conn, None)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. out of file descriptors: free the oldest handshake
+                if pending:
+                    self._drop(sel, pending, next(iter(pending)))
+                return
+            conn.setblocking(False)
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            pending[conn] = _Hello(time.monotonic() + self.handshake_timeout_s)
+            sel.register(conn, selectors.EVENT_READ, "hello")
+            if len(pending) > self.max_handshakes:
+                self._drop(sel, pending, next(iter(pending)))
 
-    def _admit(self, conn: socket.socket) -> None:
-        """Start a thread for a new connection, or refuse it with BUSY."""
-        conn.settimeout(self.timeout_s)
+    def _drop(
+        self,
+        sel: selectors.BaseSelector,
+        pending: OrderedDict[socket.socket, _Hello],
+        conn: socket.socket,
+        error: tuple[W.ErrorCode, str] | None = None,
+    ) -> None:
+        pending.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError):
+            sel.unregister(conn)
+        if error is not None:
+            self._send_nowait(conn, *error)
         with contextlib.suppress(OSError):
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.close()
+
+    def _send_nowait(self, conn: socket.socket, code: W.ErrorCode, message: str) -> None:
+        """Best effort: an ERROR frame that fits in the socket's buffer, or nothing."""
+        with self._lock:
+            self.stats["errors"] += 1
+        payload = M.encode_error(code, message)
+        with contextlib.suppress(OSError):
+            conn.send(W.frame_header(W.MsgType.ERROR, len(payload)) + payload)
+
+    def _hello_step(
+        self,
+        sel: selectors.BaseSelector,
+        pending: OrderedDict[socket.socket, _Hello],
+        conn: socket.socket,
+    ) -> None:
+        h = pending[conn]
+        need = len(h.buf)
+        try:
+            with memoryview(h.buf) as view:
+                k = conn.recv_into(view[h.got : need])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(sel, pending, conn)
+            return
+        if k == 0:
+            self._drop(sel, pending, conn)
+            return
+        h.got += k
+        if h.got < need:
+            return
+        try:
+            if h.length < 0:  # the header is complete: only a small HELLO may follow
+                kind, length = W.parse_header(h.buf, self.limits)
+                if kind != W.MsgType.HELLO:
+                    raise W.ProtocolError(W.ErrorCode.NOT_READY, f"expected HELLO, got {kind.name}")
+                if length > self.max_hello_bytes:
+                    raise W.ProtocolError(
+                        W.ErrorCode.TOO_LARGE,
+                        f"HELLO frame of {length} bytes over the limit of "
+                        f"{self.max_hello_bytes} here",
+                    )
+                h.length = length
+                h.buf.extend(bytes(length))
+                if length:
+                    return
+            fp, _ = M.decode_hello(memoryview(h.buf)[W.HEADER.size :], self.limits)
+            if fp != self.fingerprint:
+                raise W.ProtocolError(
+                    W.ErrorCode.FINGERPRINT,
+                    f"model fingerprint {fp[:16]}... is not the server's "
+                    f"{self.fingerprint[:16]}...",
+                )
+        except W.ProtocolError as e:
+            self._drop(sel, pending, conn, (e.code, str(e)))
+            return
+        pending.pop(conn)
+        sel.unregister(conn)
+        self._admit_session(conn)
+
+    def _admit_session(self, conn: socket.socket) -> None:
+        """A client passed its handshake: a client slot and a session, or BUSY."""
         with self._lock:
             busy = len(self._conns) >= self.max_clients
             if not busy:
-                t = threading.Thread(
-                    target=self._serve_conn, args=(conn,), name="cic-server-conn", daemon=True
-                )
-                self._conns[conn] = t
+                self._conns[conn] = False
                 self.stats["connections"] += 1
         if busy:
-            self._send_error(conn, W.ErrorCode.BUSY, "too many clients")
+            self._send_nowait(conn, W.ErrorCode.BUSY, "too many clients")
             with contextlib.suppress(OSError):
                 conn.close()
             return
+        ok = M.encode_hello(self.fingerprint, self.limits.max_frame_bytes)
+        frame = W.frame_header(W.MsgType.HELLO_OK, len(ok)) + ok
+        try:
+            sent = conn.send(frame)  # a few dozen bytes into an empty socket buffer
+        except OSError:
+            sent = -1
+        if sent != len(frame):
+            self._end_session(conn)
+            return
+        self._sessions.put(conn)
+
+    def _end_session(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            conn.close()
+        with self._lock:
+            self._conns.pop(conn, None)
+
+    # -- sessions: one thread per authenticated connection -----------------------------
+
+    def _spawn_session_thread(self) -> None:
+        t = threading.Thread(target=self._session_thread, name="cic-server-session", daemon=True)
+        with self._lock:
+            self._session_threads.add(t)
+            self._idle_threads += 1
         t.start()
+
+    def _session_thread(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.threads)  # this thread's intra-op threads
+        me = threading.current_thread()
+        try:
+            while (conn := self._sessions.get()) is not None:
+                with self._lock:
+                    self._idle_threads -= 1
+                    spare = self._idle_threads == 0 and not self._draining.is_set()
+                if spare:  # keep one thread waiting, so the gate never starts one
+                    self._spawn_session_thread()
+                try:
+                    self._serve_conn(conn)
+                finally:
+                    self._end_session(conn)
+                    with self._lock:
+                        self._idle_threads += 1
+                        retire = self._idle_threads > 2
+                        if retire:
+                            self._idle_threads -= 1
+                if retire:
+                    return
+        finally:
+            with self._lock:
+                self._session_threads.discard(me)
+
+    def _serve_conn(self, conn: socket.socket) -> None:
+        try:
+            self._session(conn, W.SocketReader(conn, self.limits))
+        except (OSError, EOFError):
+            pass  # peer gone, timed out or shut down by close(): nothing to answer
+        except W.ProtocolError as e:
+            self._send_error(conn, e.code, str(e))
+        except Exception as e:  # never let one client take the server down
+            self._send_error(conn, W.ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
 
     def _send_error(self, conn: socket.socket, code: W.ErrorCode, message: str) -> None:
         with self._lock:
             self.stats["errors"] += 1
         with contextlib.suppress(OSError):
-            W.send_frame(conn, W.MsgType.ERROR, [M.encode_error(code, message)])
-
-    def _serve_conn(self, conn: socket.socket) -> None:
-        try:
-            self._session(conn)
-        except (OSError, EOFError):
-            pass  # peer gone, timed out or closed by close(): nothing to answer
-        except W.ProtocolError as e:
-            self._send_error(conn, e.code, str(e))
-        except Exception as e:  # never let one client take the server down
-            self._send_error(conn, W.ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
-        finally:
-            with contextlib.suppress(OSError):
-                conn.close()
-            with self._lock:
-                self._conns.pop(conn, None)
-
-    def _session(self, conn: socket.socket) -> None:
-        limits = self.limits
-        kind, payload = W.recv_frame(conn, limits)
-        if kind != W.MsgType.HELLO:
-            raise W.ProtocolError(W.ErrorCode.NOT_READY, f"expected HELLO, got {kind.name}")
-        fp, _ = M.decode_hello(payload, limits)
-        if fp != self.fingerprint:
-            raise W.ProtocolError(
-                W.ErrorCode.FINGERPRINT,
-                f"model fingerprint {fp[:16]}... is not the server's {self.fingerprint[:16]}...",
+            W.send_frame(
+                conn,
+                W.MsgType.ERROR,
+                [M.encode_error(code, message)],
+                deadline=time.monotonic() + self.timeout_s,
             )
-        W.send_frame(
-            conn,
-            W.MsgType.HELLO_OK,
-            [M.encode_hello(self.fingerprint, limits.max_frame_bytes)],
-        )
-        while not self._stop.is_set():
-            kind, payload = W.recv_frame(conn, limits)
+
+    def _session(self, conn: socket.socket, reader: W.SocketReader) -> None:
+        drained = False
+        while True:
+            idle_until = time.monotonic() + self.timeout_s
+            while not reader.wait(_POLL_S):
+                if self._draining.is_set() or time.monotonic() >= idle_until:
+                    return
+            if self._draining.is_set():
+                # a drain answers the request that had already arrived, then closes
+                if drained:
+                    return
+                drained = True
+            with self._lock:
+                self._conns[conn] = True
+            kind, payload = reader.frame(deadline=time.monotonic() + self.frame_timeout_s)
             if kind == W.MsgType.PROBE:
-                W.send_frame(conn, W.MsgType.PROBE_OK, [M.encode_probe_ok(len(payload))])
+                n = payload.left
+                payload.skip_rest()
+                self._reply(conn, W.MsgType.PROBE_OK, [M.encode_probe_ok(n)])
             elif kind == W.MsgType.INFER:
-                request_id, on, tensors = M.decode_request(payload, limits)
-                del payload
-                t0 = time.perf_counter()
-                try:
-                    outputs = self.run_tail(on, tensors)
-                except W.ProtocolError as e:
-                    if e.fatal:
-                        raise
-                    self._send_error(conn, e.code, str(e))  # the stream is intact: go on
-                    continue
-                server_s = time.perf_counter() - t0
-                parts, _ = M.encode_result(request_id, server_s, outputs)
-                with self._lock:
-                    self.stats["requests"] += 1
-                W.send_frame(conn, W.MsgType.RESULT, parts)
+                self._infer(conn, payload)
             else:
                 raise W.ProtocolError(
                     W.ErrorCode.UNKNOWN_TYPE, f"unexpected {kind.name} frame from a client"
                 )
+            with self._lock:
+                self._conns[conn] = False
+
+    def _reply(self, conn: socket.socket, kind: W.MsgType, parts: list[Any]) -> None:
+        W.send_frame(conn, kind, parts, deadline=time.monotonic() + self.timeout_s)
+
+    def _infer(self, conn: socket.socket, payload: W.Payload) -> None:
+        try:
+            request_id, on = M.read_request_head(payload)
+            t = time.perf_counter()
+            tail = self.tail_for(on)
+            # the server's own seconds leave out the time the payload was arriving
+            build_s = time.perf_counter() - t
+            # each tensor's header is checked before its memory is allocated
+            tensors = dict(W.read_tensors(payload, tail.check))
+            payload.end()
+        except W.ProtocolError as e:
+            if e.fatal:
+                raise
+            payload.skip_rest()  # the stream is intact: answer and go on
+            self._send_error(conn, e.code, str(e))
+            return
+        t0 = time.perf_counter() - build_s
+        if not self._acquire_worker():
+            with self._lock:
+                self.stats["busy"] += 1
+            self._send_error(conn, W.ErrorCode.BUSY, "server overloaded: request not run")
+            return
+        try:
+            outputs = self.run_tail(on, tensors)
+        except W.ProtocolError as e:
+            if e.fatal:
+                raise
+            self._send_error(conn, e.code, str(e))
+            return
+        finally:
+            self._slots.release()
+        del tensors
+        parts, _ = M.encode_result(request_id, time.perf_counter() - t0, outputs)
+        with self._lock:
+            self.stats["requests"] += 1
+        self._reply(conn, W.MsgType.RESULT, parts)
+
+    def _acquire_worker(self) -> bool:
+        """A compute slot; False (answer BUSY) if the admission queue is full."""
+        if self._slots.acquire(blocking=False):
+            return True
+        with self._lock:
+            if self._waiting >= self.queue_size:
+                return False
+            self._waiting += 1
+        try:
+            return self._slots.acquire(timeout=self.timeout_s)
+        finally:
+            with self._lock:
+                self._waiting -= 1

@@ -25,10 +25,11 @@ to convert tensors).
 from __future__ import annotations
 
 import math
+import select
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
@@ -45,9 +46,12 @@ __all__ = [
     "ErrorCode",
     "Limits",
     "MsgType",
+    "Payload",
     "ProtocolError",
     "Reader",
     "RemoteError",
+    "SocketReader",
+    "TensorCheck",
     "dtype_name",
     "encode_string",
     "encode_tensors",
@@ -246,7 +250,7 @@ class _Deadline:
         self.sock.settimeout(self.saved)
         if exc_type is not None and issubclass(exc_type, TimeoutError):
             # the socket says "timed out": say which deadline
-            raise TimeoutError(f"deadline passed while {self.what}") from exc
+            raise TimeoutError(f"timed out: deadline passed while {self.what}") from exc
 
     def arm(self) -> None:
         """Before a blocking call: the time left, or TimeoutError if none is."""
@@ -254,7 +258,7 @@ class _Deadline:
             return
         left = self.deadline - time.monotonic()
         if left <= 0.0:
-            raise TimeoutError(f"deadline passed while {self.what}")
+            raise TimeoutError(f"timed out: deadline passed while {self.what}")
         self.sock.settimeout(left)
 
 
@@ -405,31 +409,46 @@ def recv_frame(
 # -- payload reading -----------------------------------------------------------------
 
 
-class Reader:
-    """Sequential reader over a payload; every read is bounds-checked.
+#: Checks a tensor's header before its memory is allocated: ``check(name, dtype, dims)``
+#: raises ProtocolError (e.g. BAD_TENSOR) to refuse it.
+TensorCheck = Callable[[str, str, tuple[int, ...]], None]
 
-    Raises :class:`ProtocolError` (BAD_FRAME) when the payload is too short.
+
+class Payload:
+    """Sequential, bounds-checked reads of one frame's payload.
+
+    Two sources share this parser: :class:`Reader` (a payload already in memory)
+    and the payload of a frame still arriving on a socket
+    (:meth:`SocketReader.frame`), so a tensor is read straight into its own
+    buffer, never into a zero-filled staging copy. Every read checks the bytes
+    left in the payload first and raises :class:`ProtocolError` (BAD_FRAME) on a
+    short payload; ``limits`` bound every length before anything is allocated.
     """
 
-    def __init__(self, data: bytes | bytearray | memoryview, limits: Limits) -> None:
-        self.view = memoryview(data).cast("B")
-        self.pos = 0
-        self.limits = limits
+    limits: Limits
 
     @property
     def left(self) -> int:
-        """Bytes not read yet."""
-        return self.view.nbytes - self.pos
+        """Bytes of the payload not read yet."""
+        raise NotImplementedError
 
-    def take(self, n: int, what: str) -> memoryview:
-        """The next ``n`` bytes."""
+    def _need(self, n: int, what: str) -> None:
         if n < 0 or n > self.left:
             raise ProtocolError(
                 ErrorCode.BAD_FRAME, f"truncated payload: {what} needs {n} bytes, {self.left} left"
             )
-        out = self.view[self.pos : self.pos + n]
-        self.pos += n
-        return out
+
+    def take(self, n: int, what: str) -> bytes | bytearray | memoryview:
+        """The next ``n`` bytes."""
+        raise NotImplementedError
+
+    def read_into(self, view: memoryview, what: str) -> None:
+        """Fill ``view`` (writable, bytes) with the next ``len(view)`` bytes."""
+        raise NotImplementedError
+
+    def skip_rest(self) -> None:
+        """Consume the rest of the payload (after a request refused mid-frame)."""
+        raise NotImplementedError
 
     def unpack(self, st: struct.Struct, what: str) -> tuple[Any, ...]:
         """Unpack a struct."""
@@ -450,8 +469,13 @@ class Reader:
         if self.left:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"{self.left} trailing bytes in payload")
 
-    def tensor(self) -> tuple[str, Any]:
-        """A named tensor: name, dtype code, ndim, ``u32`` dims, raw bytes."""
+    def tensor(self, check: TensorCheck | None = None) -> tuple[str, Any]:
+        """A named tensor: name, dtype code, ndim, ``u32`` dims, raw bytes.
+
+        The header is validated (limits, bytes left, then ``check``) before the
+        tensor is allocated (uninitialised, aligned for its dtype); its bytes are
+        then read straight into it.
+        """
         import torch
 
         name = self.string("tensor name")
@@ -469,15 +493,220 @@ class Reader:
                 f"tensor {name!r} of {nbytes} bytes over the limit of "
                 f"{self.limits.max_tensor_bytes}",
             )
-        raw = self.take(nbytes, f"data of tensor {name!r}")
-        dt = getattr(torch, dtype)
-        if dtype == "bool" and bytes(raw).translate(None, b"\x00\x01"):
-            raise ProtocolError(ErrorCode.BAD_FRAME, f"tensor {name!r}: bool bytes not 0 or 1")
-        if nbytes == 0:
-            return name, torch.empty(dims, dtype=dt)
-        # a private copy: the tensor owns its memory, aligned for its dtype
-        t = torch.frombuffer(bytearray(raw), dtype=dt).reshape(dims)
+        self._need(nbytes, f"data of tensor {name!r}")
+        if check is not None:
+            check(name, dtype, dims)
+        t = torch.empty(dims, dtype=getattr(torch, dtype))
+        if nbytes:
+            raw = t.reshape(-1).view(torch.uint8)
+            self.read_into(raw.numpy().data, f"data of tensor {name!r}")
+            if dtype == "bool" and bool((raw > 1).any()):
+                raise ProtocolError(ErrorCode.BAD_FRAME, f"tensor {name!r}: bool bytes not 0 or 1")
         return name, t
+
+
+class Reader(Payload):
+    """A payload already in memory (``bytes``, ``bytearray`` or ``memoryview``)."""
+
+    def __init__(self, data: bytes | bytearray | memoryview, limits: Limits) -> None:
+        self.view = memoryview(data).cast("B")
+        self.pos = 0
+        self.limits = limits
+
+    @property
+    def left(self) -> int:
+        """Bytes not read yet."""
+        return self.view.nbytes - self.pos
+
+    def take(self, n: int, what: str) -> memoryview:
+        """The next ``n`` bytes (a view of the payload)."""
+        self._need(n, what)
+        out = self.view[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def read_into(self, view: memoryview, what: str) -> None:
+        """Copy the next ``len(view)`` bytes into ``view``."""
+        view = view.cast("B")
+        view[:] = self.take(view.nbytes, what)
+
+    def skip_rest(self) -> None:
+        """Consume the rest of the payload."""
+        self.pos = self.view.nbytes
+
+
+class SocketReader:
+    """Buffered, deadline-bound reads of the frames arriving on one connection.
+
+    Headers and small fields come out of one buffer of ``bufsize`` bytes per
+    connection (a few ``recv`` calls per frame, not one per field); tensor data
+    larger than what is buffered is received straight into the tensor's memory.
+    Bytes past the current frame stay buffered for the next one (pipelined
+    requests). Nothing is allocated for a frame's payload before its header is
+    validated, and then only what :meth:`Payload.tensor` allocates for a tensor
+    whose header passed its checks.
+
+    Parameters
+    ----------
+    sock : socket.socket
+        A blocking socket (with or without a timeout).
+    limits : Limits
+        Bounds every frame (see :func:`parse_header`).
+    bufsize : int
+        The buffer for headers and small fields.
+    """
+
+    def __init__(self, sock: socket.socket, limits: Limits, bufsize: int = 1 << 16) -> None:
+        self.sock = sock
+        self.limits = limits
+        self._buf = bytearray(bufsize)
+        self._view = memoryview(self._buf)
+        self._lo = 0
+        self._hi = 0
+        self.deadline: float | None = None
+        self.frame_started = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not consumed yet."""
+        return self._hi - self._lo
+
+    def wait(self, timeout_s: float) -> bool:
+        """True as soon as a byte is available (buffered, on the socket, or EOF).
+
+        False if none came within ``timeout_s``. Uses poll(2), so any file
+        descriptor number works.
+        """
+        if self._hi > self._lo:
+            return True
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(max(0.0, timeout_s) * 1000.0))
+
+    def frame(
+        self, *, deadline: float | None = None, max_payload: int | None = None
+    ) -> tuple[MsgType, _SocketPayload]:
+        """Read and validate the next frame's header; return its type and payload.
+
+        Parameters
+        ----------
+        deadline : float, optional
+            A `time.monotonic` instant by which the header and every byte read
+            through the returned payload must have arrived (TimeoutError
+            otherwise, however the bytes trickle in); None: the socket's own
+            timeout applies to each read.
+        max_payload : int, optional
+            A tighter bound for this frame, TOO_LARGE above it.
+
+        Raises
+        ------
+        EOFError
+            The peer closed the connection before the frame's first byte.
+        ConnectionError
+            The peer closed the connection mid-frame.
+        ProtocolError, TimeoutError
+            See :func:`parse_header`; the deadline.
+        """
+        self.deadline = deadline
+        self.frame_started = False
+        head = bytes(self._small(HEADER.size, "frame header"))
+        kind, length = parse_header(head, self.limits)
+        if max_payload is not None and length > max_payload:
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE,
+                f"{kind.name} frame of {length} bytes over the limit of {max_payload} here",
+            )
+        return kind, _SocketPayload(self, length)
+
+    # -- raw reads (callers keep within the frame) -----------------------------------
+
+    def _recv_into(self, view: memoryview, what: str, got: int, n: int) -> int:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0.0:
+                raise TimeoutError(f"timed out: deadline passed while receiving the {what}")
+            self.sock.settimeout(left)
+        try:
+            k = self.sock.recv_into(view)
+        except TimeoutError:
+            if self.deadline is None:
+                raise
+            raise TimeoutError(f"timed out: deadline passed while receiving the {what}") from None
+        if k == 0:
+            if not self.frame_started and got == 0:
+                raise EOFError("connection closed")
+            raise ConnectionError(f"connection closed after {got} of {n} bytes of the {what}")
+        self.frame_started = True
+        return k
+
+    def _small(self, n: int, what: str) -> memoryview:
+        """The next ``n`` bytes (n <= the buffer), valid until the next read."""
+        if self._hi - self._lo < n:
+            if len(self._buf) - self._lo < n:  # compact: move the tail to the front
+                k = self._hi - self._lo
+                self._view[:k] = self._view[self._lo : self._hi]
+                self._lo, self._hi = 0, k
+            while self._hi - self._lo < n:
+                got = self._hi - self._lo
+                self._hi += self._recv_into(self._view[self._hi :], what, got, n)
+        out = self._view[self._lo : self._lo + n]
+        self._lo += n
+        return out
+
+    def _exact(self, n: int, what: str) -> bytes | bytearray | memoryview:
+        if n <= len(self._buf):
+            return self._small(n, what)
+        out = bytearray(n)
+        self._into(memoryview(out), what)
+        return out
+
+    def _into(self, view: memoryview, what: str) -> None:
+        n = view.nbytes
+        k = min(n, self._hi - self._lo)
+        view[:k] = self._view[self._lo : self._lo + k]
+        self._lo += k
+        while k < n:
+            k += self._recv_into(view[k:], what, k, n)
+
+    def _skip(self, n: int, what: str) -> None:
+        while n > 0:
+            k = min(n, len(self._buf))
+            self._small(k, what)
+            n -= k
+
+
+class _SocketPayload(Payload):
+    """The payload of a frame arriving through a :class:`SocketReader`."""
+
+    def __init__(self, reader: SocketReader, length: int) -> None:
+        self.reader = reader
+        self.limits = reader.limits
+        self.length = length
+        self._left = length
+
+    @property
+    def left(self) -> int:
+        """Bytes of the payload not received yet."""
+        return self._left
+
+    def take(self, n: int, what: str) -> bytes | bytearray | memoryview:
+        """The next ``n`` bytes (valid until the next read)."""
+        self._need(n, what)
+        out = self.reader._exact(n, what)
+        self._left -= n
+        return out
+
+    def read_into(self, view: memoryview, what: str) -> None:
+        """Receive the next ``len(view)`` bytes straight into ``view``."""
+        view = view.cast("B")
+        self._need(view.nbytes, what)
+        self.reader._into(view, what)
+        self._left -= view.nbytes
+
+    def skip_rest(self) -> None:
+        """Receive and drop the rest of the payload (into the small buffer)."""
+        n, self._left = self._left, 0
+        self.reader._skip(n, "payload")
 
 
 # -- payload writing -----------------------------------------------------------------
@@ -521,7 +750,7 @@ def pack_mask(on_device: Any) -> bytes:
     return np.packbits(on, bitorder="little").tobytes()
 
 
-def unpack_mask(data: bytes | memoryview, n: int) -> np.ndarray:
+def unpack_mask(data: bytes | bytearray | memoryview, n: int) -> np.ndarray:
     """Inverse of :func:`pack_mask`; the unused bits must be 0.
 
     Raises
@@ -549,13 +778,21 @@ def encode_tensors(tensors: Sequence[tuple[str, Any]]) -> tuple[list[Any], int]:
     return parts, sum(memoryview(p).nbytes for p in parts)
 
 
-def read_tensors(r: Reader) -> list[tuple[str, Any]]:
-    """Read what `encode_tensors` wrote: (name, tensor) pairs, names distinct."""
+def read_tensors(r: Payload, check: TensorCheck | None = None) -> list[tuple[str, Any]]:
+    """Read what `encode_tensors` wrote: (name, tensor) pairs, names distinct.
+
+    ``check`` (see :meth:`Payload.tensor`) sees each header before its tensor is
+    allocated.
+    """
     (count,) = r.unpack(_U32, "tensor count")
     if count > r.limits.max_tensors:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"{count} tensors over the limit")
-    out = [r.tensor() for _ in range(count)]
-    names = [n for n, _ in out]
-    if len(set(names)) != len(names):
-        raise ProtocolError(ErrorCode.BAD_FRAME, "duplicate tensor names")
+    out = []
+    seen: set[str] = set()
+    for _ in range(count):
+        name, t = r.tensor(check)
+        if name in seen:
+            raise ProtocolError(ErrorCode.BAD_FRAME, "duplicate tensor names")
+        seen.add(name)
+        out.append((name, t))
     return out

@@ -1,0 +1,597 @@
+"""The runtime under the faults a deployment meets in its first day (issue 9).
+
+Each test names the defect it pins down; each failed on the runtime before the
+rework (a thread per socket from accept on, per-``recv`` timeouts, payload buffers
+sized from the header, no reconnect, no admission control, no drain). Servers run
+in this process on 127.0.0.1 port 0, or as a ``cic-fast serve`` subprocess; every
+socket has a timeout and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import linecache
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+
+from cic_fast.runtime import messages as M  # noqa: E402
+from cic_fast.runtime import server as server_mod  # noqa: E402
+from cic_fast.runtime import wire as W  # noqa: E402
+from cic_fast.runtime.estimator import BandwidthEstimator  # noqa: E402
+from cic_fast.runtime.server import Server  # noqa: E402
+from threads import run_threads  # noqa: E402
+from zoo import TIMEOUT_S, Setup, TwoBranch, assert_same  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return Setup(TwoBranch(), torch.randn(1, 3, 32, 32))
+
+
+def _connect(address) -> socket.socket:
+    return socket.create_connection(address, timeout=TIMEOUT_S)
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """True if the peer closes ``sock`` within ``seconds`` (any bytes before are read)."""
+    sock.settimeout(seconds)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            if not sock.recv(4096):
+                return True
+    except (TimeoutError, ConnectionError):
+        return False
+    except OSError:
+        return True
+    return False
+
+
+class SlowTail(Server):
+    """A server whose tail takes ``delay_s`` longer (and records its torch threads)."""
+
+    delay_s = 0.4
+
+    def run_tail(self, on_device, tensors):
+        self.seen_threads = torch.get_num_threads()
+        time.sleep(self.delay_s)
+        return super().run_tail(on_device, tensors)
+
+
+# -- the handshake: small, bounded, and no client slot before it ------------------------
+
+
+def test_headers_claiming_the_largest_frame_allocate_nothing(tiny):
+    """Defect: a 12-byte header before the handshake made the server allocate the frame."""
+    with tiny.server() as srv:
+        socks = []
+        tracemalloc.start()
+        try:
+            for kind in (W.MsgType.HELLO, W.MsgType.INFER, W.MsgType.PROBE):
+                for _ in range(8):
+                    s = _connect(srv.address)
+                    socks.append(s)
+                    s.sendall(W.frame_header(kind, srv.limits.max_frame_bytes))
+            # a HELLO of the largest size allowed, trickling in
+            for _ in range(16):
+                s = _connect(srv.address)
+                socks.append(s)
+                s.sendall(W.frame_header(W.MsgType.HELLO, srv.max_hello_bytes) + b"\x40\x00")
+            time.sleep(0.5)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        # 40 handshakes x (12 + at most 1026 bytes), plus the test's own bookkeeping
+        assert peak < 1 << 20, peak
+        for s in socks[:24]:  # over-sized or not a HELLO: answered at once, then closed
+            kind, payload = W.recv_frame(s, W.Limits())
+            assert kind == W.MsgType.ERROR
+            code = M.decode_error(payload, W.Limits()).code
+            assert code in (W.ErrorCode.TOO_LARGE, W.ErrorCode.NOT_READY)
+            assert _closed_within(s, 2.0)
+        for s in socks:
+            s.close()
+        assert srv.running
+
+
+def test_idle_and_dripping_sockets_hold_no_client_slot(tiny):
+    """Defect: idle or half-header sockets held all max_clients slots indefinitely."""
+    with tiny.server(max_clients=2, handshake_timeout_s=1.0) as srv:
+        idle = [_connect(srv.address) for _ in range(40)]
+        drip = [_connect(srv.address) for _ in range(40)]
+        stop = threading.Event()
+        header = W.frame_header(W.MsgType.HELLO, 66)
+
+        def dripping() -> None:
+            for i in range(len(header)):  # one byte every 0.2 s: never a whole header
+                for s in drip:
+                    with contextlib.suppress(OSError):
+                        s.send(header[i : i + 1])
+                if stop.wait(0.2):
+                    return
+
+        t = threading.Thread(target=dripping, daemon=True)
+        t.start()
+        try:
+            time.sleep(0.3)
+            t0 = time.monotonic()
+            with tiny.client(srv.address, bandwidth_bps=1e10) as cli:
+                assert_same(tiny.expected, cli.infer_partition(tiny.all_server(), tiny.x))
+                assert cli.last is not None and not cli.last.fallback, cli.last.error
+            assert time.monotonic() - t0 < 1.0
+            # and the server closes every one of them at its handshake deadline
+            assert all(_closed_within(s, 3.0) for s in idle + drip)
+            assert srv.stats["handshake_timeouts"] >= 80
+        finally:
+            stop.set()
+            t.join(5)
+            for s in idle + drip:
+                s.close()
+
+
+def test_a_trickled_request_frame_is_dropped_at_its_deadline(tiny):
+    """Defect: the timeout applied to each recv, so 1 byte every 3 s held a connection."""
+    with tiny.server(timeout_s=5.0, frame_timeout_s=0.6) as srv:
+        s = _connect(srv.address)
+        W.send_frame(s, W.MsgType.HELLO, [M.encode_hello(srv.fingerprint)])
+        assert W.recv_frame(s, W.Limits())[0] == W.MsgType.HELLO_OK
+        frame = W.frame_header(W.MsgType.PROBE, 100)
+        t0 = time.monotonic()
+        closed = False
+        for i in range(60):  # 1 byte every 0.05 s: each recv is quick, the frame is not
+            try:
+                s.send(frame[i % len(frame) : i % len(frame) + 1] if i < 12 else b"x")
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.05)
+            if _closed_within(s, 0.001):
+                closed = True
+                break
+        assert closed, "the server kept a trickling frame past its deadline"
+        assert time.monotonic() - t0 < 1.5
+        s.close()
+
+
+# -- the client: stale connections, deadlines, back-off ----------------------------------
+
+
+def test_stale_connection_reconnects_without_fallback(tiny):
+    """Defect: a connection closed by the server's idle timeout made the next request fall back."""
+    with tiny.server(timeout_s=0.3) as srv:
+        with tiny.client(srv.address, bandwidth_bps=1e10) as cli:
+            for _ in range(3):
+                assert_same(tiny.expected, cli.infer_partition(tiny.all_server(), tiny.x))
+                assert cli.last is not None and not cli.last.fallback, cli.last.error
+                time.sleep(0.6)  # the server closes the idle connection meanwhile
+            assert srv.stats["connections"] == 3
+
+
+def test_server_restart_reconnects_without_fallback(tiny):
+    srv = tiny.server()
+    port = srv.address[1]
+    with tiny.client(srv.address, bandwidth_bps=1e10) as cli:
+        assert_same(tiny.expected, cli.infer_partition(tiny.all_server(), tiny.x))
+        srv.close()
+        srv = tiny.server(port=port)
+        try:
+            assert_same(tiny.expected, cli.infer_partition(tiny.all_server(), tiny.x))
+            assert cli.last is not None and not cli.last.fallback, cli.last.error
+        finally:
+            srv.close()
+
+
+def test_stale_connection_resent_once_when_the_close_is_not_seen_yet(tiny, monkeypatch):
+    """A connection that looks alive but was closed: the request is sent again, once."""
+    from cic_fast.runtime import client as client_mod
+
+    with tiny.server() as srv:
+        with tiny.client(srv.address, bandwidth_bps=1e10) as cli:
+            cli.infer_partition(tiny.all_server(), tiny.x)
+            monkeypatch.setattr(client_mod._Conn, "stale", lambda self: False)
+            for _ in range(2):
+                cli._conn.sock.shutdown(socket.SHUT_RDWR)  # as if the server had gone
+                assert_same(tiny.expected, cli.infer_partition(tiny.all_server(), tiny.x))
+                assert cli.last is not None and not cli.last.fallback, cli.last.error
+
+
+def _trickling_server(stop: threading.Event, fingerprint: str, answer_every_s: float):
+    """A fake server: handshakes, then answers each request one byte every ``answer_every_s``."""
+    lsock = socket.create_server(("127.0.0.1", 0))
+    lsock.settimeout(0.1)
+
+    def serve() -> None:
+        conns = []
+        while not stop.is_set():
+            try:
+                c, _ = lsock.accept()
+            except TimeoutError:
+                continue
+            conns.append(c)
+            c.settimeout(5)
+            with contextlib.suppress(OSError, EOFError, W.ProtocolError):
+                W.recv_frame(c, W.Limits())
+                W.send_frame(c, W.MsgType.HELLO_OK, [M.encode_hello(fingerprint, 1 << 26)])
+                W.recv_frame(c, W.Limits())
+                for _ in range(1000):
+                    if stop.wait(answer_every_s):
+                        break
+                    c.send(b"C")
+        for c in conns:
+            c.close()
+        lsock.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return lsock.getsockname(), t
+
+
+def test_timeout_is_a_deadline_for_the_whole_request(tiny):
+    """Defect: a server trickling its answer held infer() for > 12 s with timeout_s=1."""
+    stop = threading.Event()
+    fp = tiny.client(("127.0.0.1", 1)).fingerprint
+    address, t = _trickling_server(stop, fp, 0.05)
+    try:
+        with tiny.client(address, bandwidth_bps=1e10, timeout_s=0.5) as cli:
+            t0 = time.monotonic()
+            assert_same(tiny.expected, cli.infer_partition(tiny.all_server(), tiny.x))
+            assert time.monotonic() - t0 < 1.2
+            assert cli.last is not None and cli.last.fallback
+            assert "deadline" in (cli.last.error or "")
+    finally:
+        stop.set()
+        t.join(5)
+
+
+def test_backoff_grows_with_jitter_and_resets(tiny):
+    """Defect: a frozen or absent server cost a full timeout every retry_s, with no back-off."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    addr = s.getsockname()
+    s.close()  # nothing listens there
+    with tiny.client(addr, bandwidth_bps=1e10, retry_s=0.1, retry_max_s=0.8) as cli:
+        waits = []
+        for _ in range(6):
+            cli._down_until = 0.0  # let each request try, to see the back-off it sets
+            assert_same(tiny.expected, cli.infer_partition(tiny.all_server(), tiny.x))
+            assert cli.last is not None and cli.last.fallback
+            waits.append(cli.retry_in_s)
+        for k, w in enumerate(waits):
+            base = min(0.8, 0.1 * 2**k)
+            assert 0.5 * base - 0.05 <= w <= 1.5 * base, (k, waits)
+        assert len({round(w, 6) for w in waits}) == len(waits)  # jittered
+    with tiny.server() as srv:
+        with tiny.client(srv.address, bandwidth_bps=1e10, retry_s=0.1) as cli:
+            cli._failures = 5
+            cli.infer_partition(tiny.all_server(), tiny.x)
+            assert cli.last is not None and not cli.last.fallback
+            assert cli._failures == 0 and cli.retry_in_s == 0.0
+
+
+# -- the estimator -------------------------------------------------------------------------
+
+
+def test_estimator_never_divides_by_a_clamped_time():
+    """Defect: max(seconds - rtt_s, 1e-9) turned fast transfers into 1e13-1e15 bit/s."""
+    est = BandwidthEstimator()
+    est.add_latency(2e-3, now=0.0)
+    # 100 KB in a 1.5 ms round trip, faster than the measured latency: no sample
+    assert not est.add_transfer(8 * 100e3, 1.5e-3, now=0.0)
+    assert est.estimate(now=0.0) is None
+    # a transfer well above the latency: the latency is taken off
+    est.clear()
+    est.add_latency(1e-3, now=0.0)
+    est.add_transfer(8e6, 1.001, now=0.0)
+    assert est.estimate(now=0.0) == pytest.approx(8e6, rel=1e-9)
+    # a transfer hardly longer than the latency is no sample, unless forced
+    est.clear()
+    est.add_latency(2e-3, now=0.0)
+    assert not est.add_transfer(8 * 100e3, 2.2e-3, now=0.0)
+    assert est.estimate(now=0.0) is None
+    assert not est.add_transfer(8 * 100e3, 2.2e-3, now=0.0, force=True)
+    assert est.estimate(now=0.0) == pytest.approx(8 * 100e3 / (est.min_share * 2.2e-3))
+    assert est.add_transfer(8 * 100e3, 4e-3, now=0.0)
+    # nothing turns a zero or negative time into a rate
+    est.clear()
+    for seconds in (0.0, -1.0, float("nan"), float("inf")):
+        est.add(8e6, seconds, now=0.0)
+        est.add_transfer(8e6, seconds, now=0.0)
+    assert est.estimate(now=0.0) is None
+
+
+def test_small_frames_on_a_fast_link_do_not_measure_latency(tiny):
+    """Defect: 4 KiB frames on loopback measured 58 Mbit/s on a multi-Gbit/s link."""
+    with tiny.server() as srv:
+        with tiny.client(srv.address) as cli:
+            assert cli.probe() is not None
+            for _ in range(8):
+                cli.infer_partition(tiny.all_server(), tiny.x)  # 12 KB up, 40 B down
+            est = cli.estimator.estimate()
+            assert est is not None and cli.estimator.latency_s() is not None
+            # the plain rate of those requests: their bytes over their round trip
+            assert cli.last is not None and not cli.last.fallback
+            plain = 8 * 12288 / cli.last.transfer_s
+            assert est > 2 * plain, (est, plain)  # the probe grew until it measured the rate
+            assert est < 1e12  # and no division by a clamped time
+            assert cli._probe_size > cli.probe_bytes
+
+
+def test_stale_estimate_is_refreshed_by_a_probe(tiny):
+    """Defect: once all-device, no sample arrived for 30 s and the decision stayed stuck."""
+    with tiny.server() as srv:
+        with tiny.client(srv.address, refresh_s=0.2) as cli:
+            # a dead-slow link, measured long ago: every decision is all-device
+            cli.estimator.add(8 * 10e3, 100.0)
+            cli.estimator.add_latency(1e-4)
+            cli._last_probe = time.monotonic()
+            cli.infer(tiny.x)
+            assert cli.last is not None and not cli.last.probed
+            assert cli.last.partition.on_device.all()
+            time.sleep(0.3)
+            cli.infer(tiny.x)
+            assert cli.last.probed  # the estimate was refreshed by a probe
+            assert cli.estimator.estimate() > 1e6
+            cli.infer(tiny.x)
+            assert not cli.last.probed  # at most one probe per refresh_s
+
+
+# -- the compute pool: admission, threads, tails -------------------------------------------
+
+
+def test_full_admission_queue_answers_busy_at_once(tiny):
+    """Defect: no admission control; p99 neared the client's timeout at 64 clients."""
+    srv = SlowTail(tiny.model, tiny.x, graph=tiny.graph, workers=1, queue_size=0).start()
+    try:
+        with tiny.client(srv.address, bandwidth_bps=1e10) as warm:
+            warm.infer_partition(tiny.all_server(), tiny.x)  # build the tail first
+        results = {}
+
+        def work(i: int) -> None:
+            time.sleep(0.1 * i)  # the second arrives while the first computes
+            with tiny.client(srv.address, bandwidth_bps=1e10) as cli:
+                t0 = time.monotonic()
+                assert_same(tiny.expected, cli.infer_partition(tiny.all_server(), tiny.x))
+                results[i] = (cli.last, time.monotonic() - t0)
+
+        run_threads(work, 2)
+        (first, _), (second, dt) = results[0], results[1]
+        assert not first.fallback, first.error
+        assert second.fallback and "BUSY" in (second.error or "")
+        assert dt < SlowTail.delay_s  # refused at once, not after the wait
+        assert srv.stats["busy"] == 1
+        assert srv.seen_threads == srv.threads
+    finally:
+        srv.close()
+
+
+def test_busy_request_keeps_the_connection(tiny):
+    srv = SlowTail(tiny.model, tiny.x, graph=tiny.graph, workers=1, queue_size=0).start()
+    try:
+        s = _connect(srv.address)
+        W.send_frame(s, W.MsgType.HELLO, [M.encode_hello(srv.fingerprint)])
+        assert W.recv_frame(s, W.Limits())[0] == W.MsgType.HELLO_OK
+        with tiny.client(srv.address, bandwidth_bps=1e10) as cli:
+            head = cli._parts_for(tiny.all_server())[0]
+            with torch.inference_mode():
+                parts, _ = M.encode_request(1, tiny.all_server(), head(tiny.x))
+            W.send_frame(s, W.MsgType.INFER, parts)
+            time.sleep(0.1)
+            W.send_frame(s, W.MsgType.INFER, parts)  # pipelined: behind the first
+            busy_at = time.monotonic()
+            cli.infer_partition(tiny.all_server(), tiny.x)  # finds the only worker busy
+            assert cli.last is not None and cli.last.fallback and "BUSY" in cli.last.error
+            assert time.monotonic() - busy_at < SlowTail.delay_s
+            assert cli._conn is not None  # BUSY refuses the request, not the connection
+        kinds = [W.recv_frame(s, W.Limits())[0] for _ in range(2)]
+        assert kinds == [W.MsgType.RESULT, W.MsgType.RESULT]
+        s.close()
+    finally:
+        srv.close()
+
+
+def test_torch_threads_per_worker_default_from_the_machine(tiny):
+    srv = Server(tiny.model, tiny.x, graph=tiny.graph)
+    cores = server_mod.usable_cores()
+    assert srv.workers == cores and srv.threads == max(1, cores // srv.workers)
+    srv = Server(tiny.model, tiny.x, graph=tiny.graph, workers=1)
+    assert srv.threads == cores
+    with pytest.raises(ValueError, match="workers"):
+        Server(tiny.model, tiny.x, graph=tiny.graph, workers=0)
+    with pytest.raises(ValueError, match="queue_size"):
+        Server(tiny.model, tiny.x, graph=tiny.graph, queue_size=-1)
+
+
+def test_tail_builds_once_per_partition_without_heads_or_a_global_lock(tiny, monkeypatch):
+    """Defect: a tail-cache miss cost 24 ms under one global lock and built an unused head."""
+    calls = []
+    real = server_mod.build_parts
+    gate = threading.Event()
+
+    def slow_build(graph, on, **kw):
+        calls.append((tuple(np.flatnonzero(on)), kw))
+        if on.sum() > 1:  # the prefix partition builds slowly
+            gate.wait(3)
+        return real(graph, on, **kw)
+
+    monkeypatch.setattr(server_mod, "build_parts", slow_build)
+    with tiny.server() as srv:
+        with tiny.client(srv.address, bandwidth_bps=1e10) as cli:
+            cli.infer_partition(tiny.all_server(), tiny.x)  # partition A, built
+        done = {}
+
+        def work(i: int) -> None:
+            with tiny.client(srv.address, bandwidth_bps=1e10) as cli:
+                on = tiny.prefix(3) if i < 3 else tiny.all_server()
+                if i == 3:
+                    time.sleep(0.2)  # while B builds: A is served at once
+                t0 = time.monotonic()
+                cli.infer_partition(on, tiny.x)
+                done[i] = (time.monotonic() - t0, cli.last)
+                if i == 3:
+                    gate.set()
+
+        run_threads(work, 4)
+        assert all(not rec.fallback for _, rec in done.values())
+        assert done[3][0] < 1.0  # not behind B's build
+        assert srv.stats["tails_built"] == 2  # A once, B once for its three requests
+    assert all(kw.get("head") is False for _, kw in calls)
+
+
+def test_many_partitions_keep_memory_bounded(tiny):
+    """Defect: fx's caches grew ~6.6 KB per built part, without bound."""
+    n = tiny.graph.n_nodes
+    parts = [tiny.prefix(k) for k in range(1, n - 1)]
+    with tiny.server(cache_size=2) as srv, tiny.client(srv.address, bandwidth_bps=1e10) as cli:
+        cli.cache_size = 2
+        for on in parts:  # warm-up round: the caches reach their size
+            cli.infer_partition(on, tiny.x)
+        gc.collect()
+        before = len(linecache.cache)
+        for _ in range(3):
+            for on in parts:
+                cli.infer_partition(on, tiny.x)
+                assert cli.last is not None and not cli.last.fallback, cli.last.error
+        gc.collect()
+        assert srv.cached_tails <= 2
+        assert srv.stats["tails_built"] >= 3 * len(parts)
+        assert len(linecache.cache) <= before + 8, (before, len(linecache.cache))
+
+
+def test_received_tensors_are_not_staged_in_python_buffers():
+    """Defect: every received tensor was zero-filled and copied twice."""
+    a, b = socket.socketpair()
+    try:
+        big = torch.arange(2 << 20, dtype=torch.float32)  # 8 MiB
+        parts, _ = M.encode_request(5, [True, False], {"x": big})
+
+        def send() -> None:
+            W.send_frame(b, W.MsgType.INFER, parts)
+
+        t = threading.Thread(target=send, daemon=True)
+        t.start()
+        reader = W.SocketReader(a, W.Limits())
+        tracemalloc.start()
+        try:
+            kind, payload = reader.frame(deadline=time.monotonic() + 10)
+            rid, on = M.read_request_head(payload)
+            assert on.tolist() == [True, False]
+            ((name, got),) = W.read_tensors(payload)
+            payload.end()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        t.join(10)
+        assert (kind, rid, name) == (W.MsgType.INFER, 5, "x")
+        assert torch.equal(got, big)
+        assert peak < 1 << 20, peak  # the tensor's own memory only, no 8 MiB staging copy
+    finally:
+        a.close()
+        b.close()
+
+
+# -- drain on SIGTERM ------------------------------------------------------------------------
+
+
+def test_stop_drains_requests_in_flight_and_refuses_new_ones(tiny):
+    """Defect: SIGTERM aborted requests in flight."""
+    srv = SlowTail(tiny.model, tiny.x, graph=tiny.graph).start()
+    address = srv.address
+    with tiny.client(address, bandwidth_bps=1e10) as warm:
+        warm.infer_partition(tiny.all_server(), tiny.x)
+    box = {}
+
+    def in_flight() -> None:
+        with tiny.client(address, bandwidth_bps=1e10) as cli:
+            box["out"] = cli.infer_partition(tiny.all_server(), tiny.x)
+            box["last"] = cli.last
+
+    t = threading.Thread(target=in_flight, daemon=True)
+    t.start()
+    time.sleep(0.2)  # the request is being computed
+    closer = threading.Thread(target=srv.close, args=(5.0,), daemon=True)
+    closer.start()
+    time.sleep(0.05)
+    with pytest.raises(OSError):  # refused: nothing listens any more
+        socket.create_connection(address, timeout=1.0).close()
+    t.join(5)
+    closer.join(6)
+    assert not closer.is_alive() and not t.is_alive()
+    assert_same(tiny.expected, box["out"])
+    assert not box["last"].fallback, box["last"].error
+
+
+def _serve_cli(*args: str) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "cic_fast", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def test_cli_serve_takes_model_flag_and_drains_on_sigterm(tmp_path):
+    """``cic-fast serve --model MODEL`` (the contract); SIGTERM drains and exits 0."""
+    torch.manual_seed(1)
+    setup = Setup(torchvision.models.squeezenet1_1(), torch.randn(1, 3, 32, 32))
+    weights = tmp_path / "w.pt"
+    torch.save(setup.model.state_dict(), weights)
+    proc = _serve_cli(
+        "--model",
+        "torchvision:squeezenet1_1",
+        "--weights",
+        str(weights),
+        "--input-shape",
+        "1,3,32,32",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+    )
+    try:
+        box: list[str] = []
+        reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(90)
+        assert box and box[0].startswith("listening on 127.0.0.1:"), box
+        port = int(box[0].strip().rsplit(":", 1)[1])
+        with setup.client(("127.0.0.1", port), bandwidth_bps=1e10) as cli:
+            assert_same(setup.expected, cli.infer(setup.x))
+            assert cli.last is not None and not cli.last.fallback, cli.last.error
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert time.monotonic() - t0 < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_cli_model_given_twice_differently_is_an_error():
+    from cic_fast.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "torchvision:resnet18", "--model", "torchvision:alexnet"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["serve"])
