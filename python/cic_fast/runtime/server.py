@@ -250,7 +250,7 @@ class Server:
         self._sessions: queue.SimpleQueue[socket.socket | None] = queue.SimpleQueue()
         self._session_threads: set[threading.Thread] = set()
         self._idle_threads = 0
-        self._conns: dict[socket.socket, bool] = {}  # authenticated -> busy with a frame
+        self._conns: set[socket.socket] = set()  # authenticated connections
         self.stats = {
             "connections": 0,
             "requests": 0,
@@ -508,6 +508,8 @@ class Server:
             except OSError:  # e.g. out of file descriptors: free the oldest handshake
                 if pending:
                     self._drop(sel, pending, next(iter(pending)))
+                else:
+                    time.sleep(0.01)  # nothing to free: do not spin on the listening socket
                 return
             conn.setblocking(False)
             with contextlib.suppress(OSError):
@@ -596,7 +598,7 @@ class Server:
         with self._lock:
             busy = len(self._conns) >= self.max_clients
             if not busy:
-                self._conns[conn] = False
+                self._conns.add(conn)
                 self.stats["connections"] += 1
         if busy:
             self._send_nowait(conn, W.ErrorCode.BUSY, "too many clients")
@@ -618,7 +620,7 @@ class Server:
         with contextlib.suppress(OSError):
             conn.close()
         with self._lock:
-            self._conns.pop(conn, None)
+            self._conns.discard(conn)
 
     # -- sessions: one thread per authenticated connection -----------------------------
 
@@ -689,8 +691,6 @@ class Server:
                 if drained:
                     return
                 drained = True
-            with self._lock:
-                self._conns[conn] = True
             kind, payload = reader.frame(deadline=time.monotonic() + self.frame_timeout_s)
             if kind == W.MsgType.PROBE:
                 n = payload.left
@@ -702,8 +702,6 @@ class Server:
                 raise W.ProtocolError(
                     W.ErrorCode.UNKNOWN_TYPE, f"unexpected {kind.name} frame from a client"
                 )
-            with self._lock:
-                self._conns[conn] = False
 
     def _reply(self, conn: socket.socket, kind: W.MsgType, parts: list[Any]) -> None:
         W.send_frame(conn, kind, parts, deadline=time.monotonic() + self.timeout_s)
