@@ -169,6 +169,35 @@ def test_a_trickled_request_frame_is_dropped_at_its_deadline(tiny):
         s.close()
 
 
+def test_a_burst_of_connections_is_answered_not_dropped(tiny):
+    """Defect: the accept loop blocked on thread starts and BUSY replies; bursts overflowed."""
+    with tiny.server(max_clients=8) as srv:
+        n = 150
+        socks = [socket.socket() for _ in range(n)]
+        hello = [M.encode_hello(srv.fingerprint)]
+        try:
+            for s in socks:  # all at once, before any is answered
+                s.settimeout(TIMEOUT_S)
+                s.connect(srv.address)
+                W.send_frame(s, W.MsgType.HELLO, hello)
+            t0 = time.monotonic()
+            kinds = []
+            for s in socks:
+                kind, payload = W.recv_frame(s, W.Limits())
+                if kind == W.MsgType.ERROR:
+                    assert M.decode_error(payload, W.Limits()).code == W.ErrorCode.BUSY
+                kinds.append(kind)
+            assert time.monotonic() - t0 < 3.0
+            assert kinds.count(W.MsgType.HELLO_OK) == 8
+            assert kinds.count(W.MsgType.ERROR) == n - 8
+        finally:
+            for s in socks:
+                s.close()
+        with tiny.client(srv.address, bandwidth_bps=1e10) as cli:  # slots freed
+            cli.infer_partition(tiny.all_server(), tiny.x)
+            assert cli.last is not None and not cli.last.fallback, cli.last.error
+
+
 # -- the client: stale connections, deadlines, back-off ----------------------------------
 
 
