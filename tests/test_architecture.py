@@ -34,6 +34,9 @@ ALLOWED_PRIVATE = {
     ("cic_fast.frontend.tracing", "_opname"): "torch OpOverload name",
     ("cic_fast.frontend.tracing", "_overloadname"): "torch OpOverload overload name",
     ("cic_fast.core.graph", "_core"): "Graph's own slot, read by graph.core_graph",
+    ("cic_fast.frontend.fxsafety", "_loader"): (
+        "torch.fx.graph_module's source cache: a collected GraphModule's entry is removed"
+    ),
 }
 # The public API of namedtuples starts with an underscore.
 NAMEDTUPLE_API = {"_replace", "_asdict", "_fields", "_make"}

@@ -3,7 +3,7 @@
 ``profile``, ``split``, ``Client`` and ``Server`` take the traced LayerGraph (and the
 Client and ``split`` a Planner) in place of ``(model, example_inputs)`` and the two
 profiles. Spies count the traces (``cic_fast.frontend.tracing.trace`` and the
-tracers it calls, ``torch.fx.symbolic_trace`` and ``torch.export.export``), the
+tracers it calls, ``fxsafety.symbolic_trace`` and ``torch.export.export``), the
 model fingerprint computations and the core Graphs built; every count is checked
 against the convenience form, where it is not zero. Round trips run a Server on
 127.0.0.1 port 0 in this process (marked slow).
@@ -22,7 +22,7 @@ nn = torch.nn
 import cic_fast  # noqa: E402
 from cic_fast.core import graph as core_graph  # noqa: E402
 from cic_fast.core.planner import Planner  # noqa: E402
-from cic_fast.frontend import tracing  # noqa: E402
+from cic_fast.frontend import fxsafety, tracing  # noqa: E402
 from cic_fast.frontend.profiling import Profile, profile  # noqa: E402
 from cic_fast.frontend.splitting import check_planner, split  # noqa: E402
 from cic_fast.frontend.tracing import LayerGraph, trace  # noqa: E402
@@ -63,7 +63,7 @@ def spy(monkeypatch) -> Counter:
         monkeypatch.setattr(owner, name, counted)
 
     wrap(tracing, "trace", "trace")
-    wrap(torch.fx, "symbolic_trace", "tracers")
+    wrap(fxsafety, "symbolic_trace", "tracers")
     wrap(torch.export, "export", "tracers")
     wrap(fingerprint, "model_fingerprint", "fingerprints")
     wrap(core_graph.Graph, "__init__", "graphs")

@@ -15,6 +15,11 @@ feed the ``output`` node) and the tail only restructures them; nothing is sent t
 
 Built like torch.fx's ``split_module``: new fx Graphs whose nodes are copies of the
 traced program's nodes, wrapped in GraphModules that share the model's parameters.
+Their code is generated under `cic_fast.frontend.fxsafety.TORCH_GLOBALS_LOCK`, and
+its source leaves torch's caches when the part is collected, so parts rebuilt
+without end (the runtime's LRU caches) take bounded memory. A part runs inside
+`cic_fast.frontend.fxsafety.MODULE_GATE`, so a torch.export elsewhere in the
+process never sees it half-way.
 
 torch is imported lazily.
 """
@@ -30,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cic_fast.core import cost
+from cic_fast.frontend import fxsafety
 from cic_fast.frontend.tracing import LayerGraph
 
 if TYPE_CHECKING:
@@ -63,8 +69,12 @@ class BoundaryTensor:
     bytes: int
 
 
-def build_parts(graph: LayerGraph, on_device: Any) -> tuple[Any, Any, np.ndarray]:
+def build_parts(
+    graph: LayerGraph, on_device: Any, *, head: bool = True, tail: bool = True
+) -> tuple[Any, Any, np.ndarray]:
     """Build head and tail modules for a device mask (no pricing, no core needed).
+
+    Thread-safe; the parts share the model's parameters.
 
     Parameters
     ----------
@@ -72,16 +82,27 @@ def build_parts(graph: LayerGraph, on_device: Any) -> tuple[Any, Any, np.ndarray
         A traced graph (with ``program``).
     on_device : array-like of bool
         A partition; checked with `cic_fast.core.cost.check_partition`.
+    head, tail : bool
+        Which parts to build (a server needs only the tail); at least one.
 
     Returns
     -------
-    head, tail : torch.nn.Module
+    head, tail : torch.nn.Module or None
+        None for a part not asked for.
     boundary : numpy.ndarray
         Indices whose values the head returns: the sent nodes, or the output's
         predecessors when nothing is offloaded.
+
+    Raises
+    ------
+    ValueError
+        No program (a graph loaded from JSON), an invalid partition, or neither
+        part asked for.
     """
     from torch import fx
 
+    if not (head or tail):
+        raise ValueError("build_parts: ask for the head, the tail or both")
     if graph.program is None:
         raise ValueError("graph has no program (loaded from JSON?): trace the model")
     on = cost.check_partition(graph.edges, graph.n_nodes, on_device, names=graph.names)
@@ -107,33 +128,34 @@ def build_parts(graph: LayerGraph, on_device: Any) -> tuple[Any, Any, np.ndarray
                         need.add(p)
         return need
 
-    # head: placeholders + device nodes
-    dev_nodes = {prog.fx_nodes[i] for i in range(graph.n_nodes - 1) if on[i]}
-    hg = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    need = with_support(dev_nodes | {n for n in nodes if n.op == "placeholder"})
-    for n in nodes:
-        if n in need and n.op != "output":
-            env[n] = hg.node_copy(n, lambda a: env[a])
-    hg.output({n.name: env[n] for n in sent_nodes})
-    head_gm = fx.GraphModule(gm, hg, class_name="Head")
-
-    # tail: boundary dict + server nodes
-    tg = fx.Graph()
-    tenv: dict[fx.Node, fx.Node] = {}
-    box = tg.placeholder("boundary")
-    for n in sent_nodes:
-        tenv[n] = tg.call_function(operator.getitem, (box, n.name))
-    srv_nodes = {prog.fx_nodes[i] for i in range(graph.n_nodes - 1) if not on[i]}
-    need = with_support(srv_nodes | {out_node})
-    for n in nodes:
-        if n in need and n not in tenv and n.op != "output":
-            tenv[n] = tg.node_copy(n, lambda a: tenv[a])
-    tg.output(fx.node.map_arg(out_node.args[0], lambda a: tenv[a]))
-    tail_gm = fx.GraphModule(gm, tg, class_name="Tail")
-
     head_cls, tail_cls = _part_classes()
-    return head_cls(head_gm, prog), tail_cls(tail_gm, prog), boundary
+    head_part = tail_part = None
+    if head:
+        # placeholders + device nodes
+        dev_nodes = {prog.fx_nodes[i] for i in range(graph.n_nodes - 1) if on[i]}
+        hg = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        need = with_support(dev_nodes | {n for n in nodes if n.op == "placeholder"})
+        for n in nodes:
+            if n in need and n.op != "output":
+                env[n] = hg.node_copy(n, lambda a: env[a])
+        hg.output({n.name: env[n] for n in sent_nodes})
+        head_part = head_cls(fxsafety.graph_module(gm, hg, "Head"), prog)
+    if tail:
+        # boundary dict + server nodes
+        tg = fx.Graph()
+        tenv: dict[fx.Node, fx.Node] = {}
+        box = tg.placeholder("boundary")
+        for n in sent_nodes:
+            tenv[n] = tg.call_function(operator.getitem, (box, n.name))
+        srv_nodes = {prog.fx_nodes[i] for i in range(graph.n_nodes - 1) if not on[i]}
+        need = with_support(srv_nodes | {out_node})
+        for n in nodes:
+            if n in need and n not in tenv and n.op != "output":
+                tenv[n] = tg.node_copy(n, lambda a: tenv[a])
+        tg.output(fx.node.map_arg(out_node.args[0], lambda a: tenv[a]))
+        tail_part = tail_cls(fxsafety.graph_module(gm, tg, "Tail"), prog)
+    return head_part, tail_part, boundary
 
 
 @functools.cache
@@ -150,7 +172,9 @@ def _part_classes() -> tuple[type, type]:
             self._prog = prog
 
         def forward(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-            return self.gm(*self._prog.flatten_inputs(args, kwargs))
+            flat = self._prog.flatten_inputs(args, kwargs)
+            with fxsafety.MODULE_GATE:
+                return self.gm(*flat)
 
     class Tail(torch.nn.Module):
         """Server part: dict of boundary values -> model outputs."""
@@ -161,7 +185,9 @@ def _part_classes() -> tuple[type, type]:
             self._prog = prog
 
         def forward(self, boundary: Mapping[str, Any]) -> Any:
-            return self._prog.restructure_outputs(self.gm(boundary))
+            with fxsafety.MODULE_GATE:
+                out = self.gm(boundary)
+            return self._prog.restructure_outputs(out)
 
     return Head, Tail
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cic_fast.frontend import fxsafety
 from cic_fast.frontend.tracing import LayerGraph, as_traced, placeholder_value, run_node
 
 if TYPE_CHECKING:
@@ -361,8 +362,12 @@ def profile(
 
     gm = prog.module
     if dev.type != "cpu":
-        # Never move the caller's model: time a copy on the device.
-        gm = copy.deepcopy(gm).to(dev)
+        # Never move the caller's model: time a copy on the device. Copying a
+        # GraphModule generates its code again: serialised, and released with it.
+        with fxsafety.TORCH_GLOBALS_LOCK:
+            gm = copy.deepcopy(gm)
+        fxsafety.forget_source_when_collected(gm)
+        gm = gm.to(dev)
         run_model = gm
         inputs = tuple(x.to(dev) if isinstance(x, torch.Tensor) else x for x in inputs)
     flat = prog.flatten_inputs(inputs)

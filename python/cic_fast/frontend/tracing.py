@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from cic_fast.frontend import fxsafety
+
 if TYPE_CHECKING:
     import torch
     from torch import fx
@@ -140,7 +142,9 @@ class TracedProgram:
         ValueError
             Neither the structure nor example inputs are known.
         """
-        with self._lock:
+        # the gate before the lock: a thread waiting for the lock never holds
+        # back an export (see fxsafety.ModuleGate)
+        with fxsafety.MODULE_GATE, self._lock:
             if self.output_meta is None:
                 if not self.example_inputs:
                     raise ValueError(
@@ -162,9 +166,10 @@ class TracedProgram:
         dict, an optimizer step or replacing a parameter makes the next call
         compute again. Where a version counter is unavailable (inference-mode
         tensors) nothing is kept and every call computes. Concurrent callers of
-        the same name wait for one computation.
+        the same name wait for one computation. The weights are read inside
+        `fxsafety.MODULE_GATE` (a torch.export swaps them for fake tensors).
         """
-        with self._lock:
+        with fxsafety.MODULE_GATE, self._lock:  # the gate first, as above
             key = self._state_key()
             hit = self._memo.get(name)
             if key is not None and hit is not None and _same_state(hit[0], key):
@@ -532,13 +537,20 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, method: str = "auto") 
     TraceError
         Neither tracer could handle the model; the message names the construct.
 
+    Notes
+    -----
+    Thread-safe: traces are serialised by `fxsafety.TORCH_GLOBALS_LOCK`, and other
+    threads may run modules (this model included) during an fx trace. A
+    torch.export fallback waits for, and holds back, every thread inside
+    `fxsafety.MODULE_GATE`; a thread running this model outside the gate during
+    an export would see export's fake parameters.
+
     Examples
     --------
     >>> g = trace(torchvision.models.resnet18().eval(), torch.randn(1, 3, 224, 224))
     >>> print(g.summary())  # doctest: +SKIP
     """
     import torch
-    from torch import fx
 
     if method not in ("auto", "fx", "export"):
         raise ValueError(f"method must be 'auto', 'fx' or 'export', not {method!r}")
@@ -551,14 +563,13 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, method: str = "auto") 
     used = method
     if method in ("auto", "fx"):
         try:
-            gm = fx.symbolic_trace(model)
+            gm = fxsafety.symbolic_trace(model)
             used = "fx"
         except Exception as e:
             failures.append(f"torch.fx failed{_user_frame(e)}: {_first_line(e)}")
     if gm is None and method in ("auto", "export"):
         try:
-            ep = torch.export.export(model, args, strict=False)
-            gm = ep.module()
+            gm = fxsafety.export_module(model, args)
             info = getattr(gm.graph._codegen, "pytree_info", None)
             if info is not None:
                 in_spec, out_spec = info.in_spec, info.out_spec
@@ -567,7 +578,9 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, method: str = "auto") 
             failures.append(f"torch.export failed{_user_frame(e)}: {_first_line(e)}")
     if gm is None:
         raise TraceError("could not trace the model; " + "; ".join(failures))
-    return _build(gm, args, used, in_spec, out_spec)
+    # The FLOP-counting pass runs the program; serialised with the tracers.
+    with fxsafety.TORCH_GLOBALS_LOCK:
+        return _build(gm, args, used, in_spec, out_spec)
 
 
 def _leaves(value: Any) -> list[Any]:
@@ -663,7 +676,6 @@ def placeholder_value(node: fx.Node, flat: list[Any], pos: int) -> Any:
 def _build(gm: Any, args: tuple[Any, ...], method: str, in_spec: Any, out_spec: Any) -> LayerGraph:
     import torch
     from torch import fx
-    from torch.utils.flop_counter import FlopCounterMode
 
     program = TracedProgram(
         module=gm, fx_nodes=[], in_spec=in_spec, out_spec=out_spec, example_inputs=args
@@ -703,7 +715,7 @@ def _build(gm: Any, args: tuple[Any, ...], method: str, in_spec: Any, out_spec: 
                     env[node] = run_node(gm, node, a, k)
                     flops[node] = 0
                 else:
-                    counter = FlopCounterMode(display=False)
+                    counter = fxsafety.flop_counter()
                     with counter:
                         env[node] = run_node(gm, node, a, k)
                     flops[node] = int(counter.get_total_flops())
