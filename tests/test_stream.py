@@ -182,10 +182,11 @@ def test_estimated_bandwidth_probes_once_and_samples(setup, server):
         assert recs[0].probed and not any(r.probed for r in recs[1:])
         assert all(r.bandwidth_estimate_bps is not None for r in recs)
         assert not any(r.fallback for r in recs), [r.error for r in recs]
-        # the probe, and every offloaded frame (one at a time: no wait behind another)
+        # samples: the probe, and the offloaded frames (one at a time: no wait behind
+        # another) whose time was not mostly latency
         sent = [r for r in recs if r.partition.offloads]
         assert sent and all(r.bytes_sent >= cli.estimator.min_bytes for r in sent)
-        assert len(cli.estimator) == 1 + len(sent)
+        assert 1 <= len(cli.estimator) <= 1 + len(sent)
     for want, got in zip(setup.expected, outs, strict=True):
         assert_same(want, got)
 

@@ -41,6 +41,7 @@ from cic_fast.core.baselines import device_only
 from cic_fast.core.cost import Partition
 from cic_fast.core.planner import Planner
 from cic_fast.frontend.cutting import build_parts
+from cic_fast.frontend.fxsafety import MODULE_GATE
 from cic_fast.frontend.profiling import Profile
 from cic_fast.frontend.splitting import check_planner
 from cic_fast.frontend.tracing import LayerGraph, as_args, as_traced
@@ -683,7 +684,8 @@ class Client:
         import torch
 
         def call() -> Any:
-            with torch.inference_mode():
+            # shared side of the gate: a torch.export in another thread waits for it
+            with torch.inference_mode(), MODULE_GATE:
                 return fn()
 
         runner = self.device_runner

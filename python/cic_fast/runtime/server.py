@@ -398,7 +398,7 @@ class Server:
 
     def _build_tail(self, key: bytes, slot: _TailSlot, on: np.ndarray) -> None:
         try:
-            _, module, boundary = build_parts(self.graph, on)  # TODO-head
+            _, module, boundary = build_parts(self.graph, on, head=False)
             expected = {
                 b.name: (None if b.dtype is None else dtype_of_label(b.dtype), b.shape)
                 for b in describe_boundary(self.graph, boundary)

@@ -618,7 +618,7 @@ class SocketReader:
             )
         return kind, _SocketPayload(self, length)
 
-    # -- raw reads (callers keep within the frame) -----------------------------------
+    # -- raw reads, for the payload of the current frame (which keeps to its length) ---
 
     def _recv_into(self, view: memoryview, what: str, got: int, n: int) -> int:
         if self.deadline is not None:
@@ -653,14 +653,14 @@ class SocketReader:
         self._lo += n
         return out
 
-    def _exact(self, n: int, what: str) -> bytes | bytearray | memoryview:
+    def read_exact(self, n: int, what: str) -> bytes | bytearray | memoryview:
         if n <= len(self._buf):
             return self._small(n, what)
         out = bytearray(n)
-        self._into(memoryview(out), what)
+        self.read_into(memoryview(out), what)
         return out
 
-    def _into(self, view: memoryview, what: str) -> None:
+    def read_into(self, view: memoryview, what: str) -> None:
         n = view.nbytes
         k = min(n, self._hi - self._lo)
         view[:k] = self._view[self._lo : self._lo + k]
@@ -668,7 +668,7 @@ class SocketReader:
         while k < n:
             k += self._recv_into(view[k:], what, k, n)
 
-    def _skip(self, n: int, what: str) -> None:
+    def skip(self, n: int, what: str) -> None:
         while n > 0:
             k = min(n, len(self._buf))
             self._small(k, what)
@@ -692,7 +692,7 @@ class _SocketPayload(Payload):
     def take(self, n: int, what: str) -> bytes | bytearray | memoryview:
         """The next ``n`` bytes (valid until the next read)."""
         self._need(n, what)
-        out = self.reader._exact(n, what)
+        out = self.reader.read_exact(n, what)
         self._left -= n
         return out
 
@@ -700,13 +700,13 @@ class _SocketPayload(Payload):
         """Receive the next ``len(view)`` bytes straight into ``view``."""
         view = view.cast("B")
         self._need(view.nbytes, what)
-        self.reader._into(view, what)
+        self.reader.read_into(view, what)
         self._left -= view.nbytes
 
     def skip_rest(self) -> None:
         """Receive and drop the rest of the payload (into the small buffer)."""
         n, self._left = self._left, 0
-        self.reader._skip(n, "payload")
+        self.reader.skip(n, "payload")
 
 
 # -- payload writing -----------------------------------------------------------------
