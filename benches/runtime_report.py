@@ -414,15 +414,27 @@ class Child:
     pid : int
     """
 
-    def __init__(self, args: list[str], pythonpath: str | None, expect_cic: str | None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        pythonpath: str | None,
+        expect_cic: str | None,
+        cpus: set[int] | None = None,
+    ) -> None:
         cmd = [sys.executable, os.path.abspath(__file__)]
         if pythonpath is not None:
             cmd += ["--pythonpath", pythonpath]
         cmd += args
         self.what = " ".join(args)
         self.err = tempfile.TemporaryFile()
+        # pinned before exec, so that every thread the subprocess starts inherits it
+        pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.err
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self.err,
+            preexec_fn=pin,
         )
         self.pid = self.proc.pid
         try:
@@ -576,7 +588,38 @@ def _ms(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q) * 1e3)
 
 
-def section_overhead(args: argparse.Namespace, cic_file: str) -> dict[str, Any]:
+#: CPU placements of the overhead section: (bench process, server and echo).
+PINS = {"same": ({0}, {0}), "split": ({0}, {1}), "none": (None, None)}
+
+
+def section_overhead(args: argparse.Namespace, cic_file: str) -> list[dict[str, Any]]:
+    """The overhead measurement once per CPU placement in ``--pin``.
+
+    On a VM a wake-up across CPUs costs far more than the runtime's own work
+    (a 12 KB loopback echo: ~22 us with both ends on one vCPU, ~300 us across
+    two, on the machine of docs/benchmarks.md), and the scheduler picks either
+    at random: so the echo and the runtime are compared on the same placement.
+    """
+    out = []
+    for pin in args.pin.split(","):
+        mine, theirs = PINS[pin.strip()]
+        import torch
+
+        before, threads = os.sched_getaffinity(0), torch.get_num_threads()
+        if mine is not None:
+            os.sched_setaffinity(0, mine)
+            torch.set_num_threads(len(mine))  # no more torch threads than CPUs
+        try:
+            out.append({"pin": pin.strip(), **_overhead_once(args, cic_file, theirs)})
+        finally:
+            os.sched_setaffinity(0, before)
+            torch.set_num_threads(threads)
+    return out
+
+
+def _overhead_once(
+    args: argparse.Namespace, cic_file: str, cpus: set[int] | None
+) -> dict[str, Any]:
     """Infer vs raw echo vs in-process compute on the small model, all-server partition.
 
     Returns
@@ -600,8 +643,8 @@ def section_overhead(args: argparse.Namespace, cic_file: str) -> dict[str, Any]:
     fallbacks: list[str] = []
     cap_s = args.max_measure_s
     with contextlib.ExitStack() as stack:
-        srv = stack.enter_context(Child(["_serve", "small"], args.pythonpath, cic_file))
-        echo = stack.enter_context(Child(["_echo", str(req_len), str(resp_len)], None, None))
+        srv = stack.enter_context(Child(["_serve", "small"], args.pythonpath, cic_file, cpus))
+        echo = stack.enter_context(Child(["_echo", str(req_len), str(resp_len)], None, None, cpus))
         _log(f"overhead: server pid {srv.pid} at {srv.address}, echo pid {echo.pid}")
         check_served(s, srv.address)
         client = stack.enter_context(s.client(srv.address))
@@ -707,12 +750,22 @@ def section_overhead(args: argparse.Namespace, cic_file: str) -> dict[str, Any]:
     return out
 
 
-def format_overhead(o: dict[str, Any]) -> str:
-    """The overhead section as markdown."""
+def format_overhead(runs: list[dict[str, Any]]) -> str:
+    """The overhead section as markdown: one table per CPU placement."""
+    where = {
+        "same": "bench process, server and echo all on CPU 0",
+        "split": "bench process on CPU 0, server and echo on CPU 1",
+        "none": "no pinning (the scheduler's choice)",
+    }
+    parts = ["## 1. Per-request overhead"]
+    for o in runs:
+        parts.append(f"### Placement `{o['pin']}`: {where[o['pin']]}\n\n" + _format_one(o))
+    return "\n\n".join(parts)
+
+
+def _format_one(o: dict[str, Any]) -> str:
     med, p90 = o["median_ms"], o["p90_ms"]
     lines = [
-        "## 1. Per-request overhead",
-        "",
         f"Model {o['model']}; partition {o['partition']}. INFER frame "
         f"{o['request_frame_bytes']} B, RESULT frame {o['result_frame_bytes']} B; "
         f"{o['requests']} requests of each kind in interleaved rounds after a warm-up; "
@@ -1369,6 +1422,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rounds", type=int, default=10, help="interleaved rounds")
     g.add_argument("--max-measure-s", type=float, default=120.0, help="cap on the measured part")
     g.add_argument("--pause-s", type=float, default=0.2, help="pause before each block")
+    g.add_argument(
+        "--pin",
+        default="same,split",
+        help="CPU placements, comma-separated: same (all on CPU 0), split (bench on 0, "
+        "server and echo on 1), none",
+    )
     g = p.add_argument_group("capacity")
     g.add_argument("--clients", type=_int_list, default=[1, 4, 16, 64], help="e.g. 1,4,16,64")
     g.add_argument("--seconds", type=float, default=5.0, help="counted seconds per cell")

@@ -328,6 +328,9 @@ def test_estimator_never_divides_by_a_clamped_time():
     est.add_latency(1e-3, now=0.0)
     est.add_transfer(8e6, 1.001, now=0.0)
     assert est.estimate(now=0.0) == pytest.approx(8e6, rel=1e-9)
+    # nor is a transfer too short to be more than scheduling noise
+    est.clear()
+    assert not est.add_transfer(8 * 100e3, est.min_seconds / 2, now=0.0)
     # a transfer hardly longer than the latency is no sample, unless forced
     est.clear()
     est.add_latency(2e-3, now=0.0)
@@ -336,6 +339,7 @@ def test_estimator_never_divides_by_a_clamped_time():
     assert not est.add_transfer(8 * 100e3, 2.2e-3, now=0.0, force=True)
     assert est.estimate(now=0.0) == pytest.approx(8 * 100e3 / (est.min_share * 2.2e-3))
     assert est.add_transfer(8 * 100e3, 4e-3, now=0.0)
+    assert not est.add_transfer(8 * 100e3, est.min_seconds / 2, now=0.0)
     # nothing turns a zero or negative time into a rate
     est.clear()
     for seconds in (0.0, -1.0, float("nan"), float("inf")):

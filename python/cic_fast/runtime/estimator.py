@@ -42,6 +42,9 @@ class BandwidthEstimator:
         measured latency) is under this share of its whole time is not a
         sample: it took hardly longer than an empty round trip, and dividing
         by the difference would divide by a jitter.
+    min_seconds : float
+        In `add_transfer`, a transfer that took less than this is not a sample
+        either: a few scheduling hiccups of the two ends make up its time.
 
     Notes
     -----
@@ -55,6 +58,7 @@ class BandwidthEstimator:
         min_bytes: int = 4096,
         *,
         min_share: float = 0.25,
+        min_seconds: float = 0.002,
     ) -> None:
         if window < 1 or not max_age_s > 0 or min_bytes < 0 or not 0 < min_share <= 1:
             raise ValueError(
@@ -63,6 +67,7 @@ class BandwidthEstimator:
         self.max_age_s = float(max_age_s)
         self.min_bytes = int(min_bytes)
         self.min_share = float(min_share)
+        self.min_seconds = float(min_seconds)
         self._samples: deque[tuple[float, float]] = deque(maxlen=window)
         self._latency: deque[tuple[float, float]] = deque(maxlen=window)
         self._lock = threading.Lock()
@@ -103,7 +108,8 @@ class BandwidthEstimator:
         """Record a transfer timed end to end (its ``seconds`` include the latency).
 
         The wire time is ``seconds - latency_s()``; it becomes a sample (as
-        :meth:`add`) only if it is at least ``min_share`` of ``seconds``. With
+        :meth:`add`) only if it is at least ``min_share`` of ``seconds`` and
+        ``seconds`` is at least ``min_seconds``. With
         ``force`` a shorter one is recorded as if it were exactly that share: a
         lower bound on the rate's order of magnitude, for when no larger
         transfer can be timed (at most ``1 / min_share`` times the plain rate).
@@ -116,7 +122,7 @@ class BandwidthEstimator:
         if not (0 < seconds < math.inf):
             return False
         wire = seconds - (self.latency_s(now=now) or 0.0)
-        meaningful = wire >= self.min_share * seconds
+        meaningful = wire >= self.min_share * seconds and seconds >= self.min_seconds
         if meaningful or force:
             self.add(bits, max(wire, self.min_share * seconds), now=now)
         return meaningful

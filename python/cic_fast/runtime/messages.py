@@ -40,6 +40,7 @@ __all__ = [
     "encode_request",
     "encode_result",
     "read_request_head",
+    "read_request_mask",
     "read_result",
 ]
 
@@ -112,17 +113,26 @@ def encode_request(
     return [head, *parts], len(head) + n
 
 
+def read_request_mask(r: W.Payload) -> tuple[int, int, bytes]:
+    """The start of an INFER payload: (request id, node count, the packed mask).
+
+    The mask is not unpacked (see `cic_fast.runtime.wire.unpack_mask`): a server
+    that has seen it before looks it up as it is.
+    """
+    request_id, n = r.unpack(_REQ, "request header")
+    if n > r.limits.max_nodes:
+        raise W.ProtocolError(W.ErrorCode.TOO_LARGE, f"partition of {n} nodes over the limit")
+    return request_id, n, bytes(r.take((n + 7) // 8, "partition mask"))
+
+
 def read_request_head(r: W.Payload) -> tuple[int, np.ndarray]:
     """The start of an INFER payload: (request id, ``on_device`` bool array).
 
     The boundary tensors follow (`cic_fast.runtime.wire.read_tensors`), so a
     receiver can check the partition before it allocates any of them.
     """
-    request_id, n = r.unpack(_REQ, "request header")
-    if n > r.limits.max_nodes:
-        raise W.ProtocolError(W.ErrorCode.TOO_LARGE, f"partition of {n} nodes over the limit")
-    on = W.unpack_mask(r.take((n + 7) // 8, "partition mask"), n)
-    return request_id, on
+    request_id, n, mask = read_request_mask(r)
+    return request_id, W.unpack_mask(mask, n)
 
 
 def decode_request(payload: Any, limits: W.Limits) -> tuple[int, np.ndarray, dict[str, Any]]:

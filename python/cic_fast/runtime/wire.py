@@ -498,8 +498,9 @@ class Payload:
             check(name, dtype, dims)
         t = torch.empty(dims, dtype=getattr(torch, dtype))
         if nbytes:
-            raw = t.reshape(-1).view(torch.uint8)
-            self.read_into(raw.numpy().data, f"data of tensor {name!r}")
+            # numpy has no bfloat16, and bool must be checked byte by byte: uint8 views
+            raw = t.reshape(-1).view(torch.uint8) if dtype in ("bfloat16", "bool") else t
+            self.read_into(raw.numpy().data.cast("B"), f"data of tensor {name!r}")
             if dtype == "bool" and bool((raw > 1).any()):
                 raise ProtocolError(ErrorCode.BAD_FRAME, f"tensor {name!r}: bool bytes not 0 or 1")
         return name, t
@@ -565,6 +566,7 @@ class SocketReader:
         self._hi = 0
         self.deadline: float | None = None
         self.frame_started = False
+        self._poller: Any = None
 
     @property
     def buffered(self) -> int:
@@ -579,9 +581,10 @@ class SocketReader:
         """
         if self._hi > self._lo:
             return True
-        poller = select.poll()
-        poller.register(self.sock, select.POLLIN | select.POLLPRI)
-        return bool(poller.poll(max(0.0, timeout_s) * 1000.0))
+        if self._poller is None:
+            self._poller = select.poll()
+            self._poller.register(self.sock, select.POLLIN | select.POLLPRI)
+        return bool(self._poller.poll(max(0.0, timeout_s) * 1000.0))
 
     def frame(
         self, *, deadline: float | None = None, max_payload: int | None = None
@@ -731,13 +734,15 @@ def tensor_parts(name: str, t: torch.Tensor) -> list[Any]:
         raise TypeError(f"tensor {name!r}: dtype {dtype} cannot be sent")
     if t.ndim > 255 or any(d >= 1 << 32 for d in t.shape):
         raise ValueError(f"tensor {name!r}: shape {tuple(t.shape)} cannot be sent")
-    t = t.detach().to("cpu").contiguous()
+    if t.device.type != "cpu" or t.requires_grad or not t.is_contiguous():
+        t = t.detach().to("cpu").contiguous()
     head = encode_string(name) + _TENSOR.pack(_DTYPE_CODE[dtype], t.ndim)
     head += struct.pack(f"<{t.ndim}I", *t.shape)
     if t.numel() == 0:
         return [head]
-    data = t.reshape(-1).view(torch.uint8).numpy()
-    return [head, data.data]
+    # numpy has no bfloat16: its bytes are viewed through uint8
+    data = (t if dtype != "bfloat16" else t.reshape(-1).view(torch.uint8)).numpy()
+    return [head, data.data.cast("B")]
 
 
 def pack_mask(on_device: Any) -> bytes:
