@@ -413,6 +413,32 @@ def test_full_admission_queue_answers_busy_at_once(tiny):
         srv.close()
 
 
+def test_admission_refuses_a_wait_longer_than_max_wait(tiny):
+    """A deep queue is only for cheap tails: the expected wait bounds it too."""
+    srv = SlowTail(
+        tiny.model, tiny.x, graph=tiny.graph, workers=1, queue_size=10, max_wait_s=0.2
+    ).start()
+    try:
+        with tiny.client(srv.address, bandwidth_bps=1e10) as warm:
+            warm.infer_partition(tiny.all_server(), tiny.x)  # the mean compute: ~0.4 s
+        results = {}
+
+        def work(i: int) -> None:
+            time.sleep(0.1 * i)
+            with tiny.client(srv.address, bandwidth_bps=1e10) as cli:
+                t0 = time.monotonic()
+                assert_same(tiny.expected, cli.infer_partition(tiny.all_server(), tiny.x))
+                results[i] = (cli.last, time.monotonic() - t0)
+
+        run_threads(work, 2)
+        assert not results[0][0].fallback
+        # one request ahead x 0.4 s > 0.2 s: refused at once though the queue has room
+        assert results[1][0].fallback and "BUSY" in (results[1][0].error or "")
+        assert results[1][1] < SlowTail.delay_s
+    finally:
+        srv.close()
+
+
 def test_busy_request_keeps_the_connection(tiny):
     srv = SlowTail(tiny.model, tiny.x, graph=tiny.graph, workers=1, queue_size=0).start()
     try:

@@ -61,7 +61,14 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--queue-size",
         type=int,
-        help="requests that may wait for a worker before BUSY answers (default 2 x workers)",
+        help="requests that may wait for a worker before BUSY answers (default 16 x workers)",
+    )
+    p.add_argument(
+        "--max-wait-s",
+        type=float,
+        default=0.5,
+        help="answer BUSY at once when a request would wait longer than this for a worker "
+        "(judged from the recent compute times; default 0.5)",
     )
     p.add_argument(
         "--drain-s",
@@ -99,6 +106,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         threads=args.threads,
         queue_size=args.queue_size,
+        max_wait_s=args.max_wait_s,
         handshake_timeout_s=args.handshake_timeout_s,
     ).start()
 

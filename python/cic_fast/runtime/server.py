@@ -21,8 +21,10 @@ Concurrency model (docs/protocol.md, "The server's runtime"):
   more than the whole loopback round trip on small machines: see
   docs/benchmarks.md);
 - compute is bounded by ``workers`` slots; a request that finds every slot taken
-  waits in an admission queue of ``queue_size`` places, and one that finds the
-  queue full is answered ``BUSY`` at once (the connection stays open, the client
+  waits in an admission queue of ``queue_size`` places, as long as the wait it
+  can expect (the requests ahead of it times the mean compute time, over the
+  workers) stays under ``max_wait_s``; one that finds the queue full is answered
+  ``BUSY`` at once (the connection stays open, the client
   computes that request locally). Each session thread runs torch with
   ``threads`` intra-op threads, so ``workers * threads`` matches the cores.
 
@@ -158,7 +160,12 @@ class Server:
         ``workers``, at least 1).
     queue_size : int, optional
         Requests that may wait for a worker; one more is answered ``BUSY`` at
-        once (default: 2 * ``workers``).
+        once (default: 16 * ``workers``).
+    max_wait_s : float
+        A request that would wait longer than this for a worker (judged from
+        the mean compute time of the recent requests) is answered ``BUSY`` at
+        once: a cheap tail may queue deep, an expensive one only a little,
+        and no admitted request waits anywhere near a client's timeout.
     handshake_timeout_s : float
         Deadline for a new connection's whole HELLO, from its accept.
     frame_timeout_s : float, optional
@@ -196,6 +203,7 @@ class Server:
         workers: int | None = None,
         threads: int | None = None,
         queue_size: int | None = None,
+        max_wait_s: float = 0.5,
         handshake_timeout_s: float = 5.0,
         frame_timeout_s: float | None = None,
         max_handshakes: int = 1024,
@@ -211,7 +219,7 @@ class Server:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, not {value!r}")
         threads = max(1, cores // workers) if threads is None else threads
-        queue_size = 2 * workers if queue_size is None else queue_size
+        queue_size = 16 * workers if queue_size is None else queue_size
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be an int >= 1, not {threads!r}")
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 0:
@@ -220,6 +228,7 @@ class Server:
         for name, t in (
             ("timeout_s", timeout_s),
             ("handshake_timeout_s", handshake_timeout_s),
+            ("max_wait_s", max_wait_s),
             ("frame_timeout_s", frame_timeout_s),
         ):
             if not (isinstance(t, int | float) and 0 < t < float("inf")):
@@ -233,6 +242,8 @@ class Server:
         self.workers = workers
         self.threads = threads
         self.queue_size = queue_size
+        self.max_wait_s = float(max_wait_s)
+        self._service_s = 0.0  # mean compute seconds of a request (moving average)
         self.handshake_timeout_s = float(handshake_timeout_s)
         self.frame_timeout_s = float(frame_timeout_s)
         self.max_handshakes = max_handshakes
@@ -752,6 +763,7 @@ class Server:
                 self.stats["busy"] += 1
             self._send_error(conn, W.ErrorCode.BUSY, "server overloaded: request not run")
             return
+        t1 = time.perf_counter()
         try:
             outputs = self.run_tail(on, tensors)
         except W.ProtocolError as e:
@@ -761,6 +773,9 @@ class Server:
             return
         finally:
             self._slots.release()
+            took = time.perf_counter() - t1
+            # a moving average over ~10 requests; the first one sets it
+            self._service_s += (0.1 if self._service_s else 1.0) * (took - self._service_s)
             self._request.tail = None
         del tensors
         parts, _ = M.encode_result(request_id, time.perf_counter() - t0, outputs)
@@ -773,7 +788,8 @@ class Server:
         if self._slots.acquire(blocking=False):
             return True
         with self._lock:
-            if self._waiting >= self.queue_size:
+            ahead = self._waiting + 1
+            if ahead > self.queue_size or ahead * self._service_s > self.max_wait_s * self.workers:
                 return False
             self._waiting += 1
         try:
