@@ -12,11 +12,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import linecache
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import tracemalloc
@@ -33,7 +30,7 @@ from cic_fast.runtime import wire as W  # noqa: E402
 from cic_fast.runtime.estimator import BandwidthEstimator  # noqa: E402
 from cic_fast.runtime.server import Server  # noqa: E402
 from threads import run_threads  # noqa: E402
-from zoo import TIMEOUT_S, Setup, TwoBranch, assert_same  # noqa: E402
+from zoo import TIMEOUT_S, Setup, TwoBranch, assert_same, cli_server  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -595,42 +592,9 @@ def test_stop_drains_requests_in_flight_and_refuses_new_ones(tiny):
     assert not box["last"].fallback, box["last"].error
 
 
-def _serve_cli(*args: str) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen(
-        [sys.executable, "-m", "cic_fast", "serve", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
 def test_cli_serve_takes_model_flag_and_drains_on_sigterm(tmp_path):
     """``cic-fast serve --model MODEL`` (the contract); SIGTERM drains and exits 0."""
-    torch.manual_seed(1)
-    setup = Setup(torchvision.models.squeezenet1_1(), torch.randn(1, 3, 32, 32))
-    weights = tmp_path / "w.pt"
-    torch.save(setup.model.state_dict(), weights)
-    proc = _serve_cli(
-        "--model",
-        "torchvision:squeezenet1_1",
-        "--weights",
-        str(weights),
-        "--input-shape",
-        "1,3,32,32",
-        "--workers",
-        "1",
-        "--threads",
-        "1",
-    )
-    try:
-        box: list[str] = []
-        reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(90)
-        assert box and box[0].startswith("listening on 127.0.0.1:"), box
-        port = int(box[0].strip().rsplit(":", 1)[1])
+    with cli_server(tmp_path, "--workers", "1", model_flag=True) as (setup, proc, port):
         with setup.client(("127.0.0.1", port), bandwidth_bps=1e10) as cli:
             assert_same(setup.expected, cli.infer(setup.x))
             assert cli.last is not None and not cli.last.fallback, cli.last.error
@@ -638,12 +602,6 @@ def test_cli_serve_takes_model_flag_and_drains_on_sigterm(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
         assert time.monotonic() - t0 < 5
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        proc.stdout.close()
-        proc.stderr.close()
 
 
 def test_cli_model_given_twice_differently_is_an_error():

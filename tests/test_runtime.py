@@ -16,11 +16,7 @@ Every test that starts a server, a subprocess or a link is marked ``slow``
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
-import subprocess
-import sys
-import threading
 import time
 
 import numpy as np
@@ -36,7 +32,7 @@ from cic_fast.runtime.client import Client  # noqa: E402
 from cic_fast.runtime.estimator import BandwidthEstimator  # noqa: E402
 from cic_fast.runtime.server import Server  # noqa: E402
 from threads import run_threads  # noqa: E402
-from zoo import Setup, TwoBranch  # noqa: E402
+from zoo import Setup, TwoBranch, cli_server  # noqa: E402
 
 TIMEOUT_S = 5.0
 
@@ -382,40 +378,10 @@ def test_bandwidth_estimate_converges_on_shaped_link(resnet, rate_mbit):
 # -- the CLI server in a subprocess ------------------------------------------------------
 
 
-def _serve_cmd(*args: str) -> list[str]:
-    # `python -m cic_fast` is the `cic-fast` console script, without relying on PATH.
-    return [sys.executable, "-m", "cic_fast", "serve", *args]
-
-
 @pytest.mark.slow
 def test_cli_serve_subprocess_and_kill(tmp_path):
     """``cic-fast serve`` as a process; SIGKILL mid-session -> the client falls back."""
-    torch.manual_seed(1)
-    setup = Setup(torchvision.models.squeezenet1_1(), torch.randn(1, 3, 32, 32))
-    weights = tmp_path / "w.pt"
-    torch.save(setup.model.state_dict(), weights)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        _serve_cmd(
-            "torchvision:squeezenet1_1",
-            "--weights",
-            str(weights),
-            "--input-shape",
-            "1,3,32,32",
-            "--port",
-            "0",
-            "--threads",
-            "1",
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        line = _read_line(proc, 60)
-        assert line.startswith("listening on 127.0.0.1:"), line
-        port = int(line.rsplit(":", 1)[1])
+    with cli_server(tmp_path, "--port", "0") as (setup, proc, port):
         with setup.client(("127.0.0.1", port), bandwidth_bps=1e10, retry_s=0.0) as cli:
             assert_same(setup.expected, cli.infer(setup.x))
             assert cli.last is not None and not cli.last.fallback, cli.last.error
@@ -424,22 +390,3 @@ def test_cli_serve_subprocess_and_kill(tmp_path):
             proc.wait(10)
             assert_same(setup.expected, cli.infer(setup.x))
             assert cli.last.fallback
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        proc.stdout.close()
-        proc.stderr.close()
-
-
-def _read_line(proc: subprocess.Popen, timeout_s: float) -> str:
-    box: list[str] = []
-    t = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
-    t.start()
-    t.join(timeout_s)
-    if not box:
-        proc.kill()
-        raise AssertionError(f"server did not start in {timeout_s} s: {proc.stderr.read()}")
-    if not box[0]:
-        raise AssertionError(f"server exited: {proc.stderr.read()}")
-    return box[0].strip()

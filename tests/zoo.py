@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -173,3 +174,44 @@ class Setup:
         on[:k] = True
         on[self.graph.inputs] = True
         return on
+
+
+@contextlib.contextmanager
+def cli_server(tmp_path, *flags: str, model_flag: bool = False):
+    """``cic-fast serve`` of a seeded squeezenet1_1 (32x32) as a subprocess.
+
+    Yields ``(setup, proc, port)``: the same model in this process (a `Setup`),
+    the server process, its port. The model goes in as ``--model MODEL`` when
+    ``model_flag``, else positionally. The process is killed and reaped on exit.
+    """
+    import subprocess
+    import sys
+    import threading
+
+    import torch
+    import torchvision
+
+    torch.manual_seed(1)
+    setup = Setup(torchvision.models.squeezenet1_1(), torch.randn(1, 3, 32, 32))
+    weights = tmp_path / "w.pt"
+    torch.save(setup.model.state_dict(), weights)
+    model = ["--model"] if model_flag else []
+    cmd = [sys.executable, "-m", "cic_fast", "serve", *model, "torchvision:squeezenet1_1"]
+    cmd += ["--weights", str(weights), "--input-shape", "1,3,32,32", "--threads", "1", *flags]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        box: list[str] = []
+        reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(90)
+        if not box or not box[0].startswith("listening on 127.0.0.1:"):
+            proc.kill()
+            raise AssertionError(f"server did not start: {box} {proc.stderr.read()}")
+        yield setup, proc, int(box[0].strip().rsplit(":", 1)[1])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
