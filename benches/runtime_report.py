@@ -4,7 +4,7 @@ Usage::
 
     python benches/runtime_report.py                           # all sections, ~3 min
     python benches/runtime_report.py --json /tmp/runtime.json > /tmp/runtime.md
-    python benches/runtime_report.py --sections overhead
+    python benches/runtime_report.py --sections overhead --pin same,split
     python benches/runtime_report.py --sections capacity --clients 1,16 --seconds 3
     python benches/runtime_report.py --sections hardening --gap-s 4
 
@@ -37,7 +37,12 @@ Sections (``--sections``, comma-separated):
     bytes, and against the head and tail computed in-process. Overhead = infer -
     echo - compute. Also the in-process encode/decode of both frames. The three
     are measured in interleaved rounds, so a change of the machine's load
-    affects them alike.
+    affects them alike, and once per CPU placement of ``--pin`` (default
+    ``same,split``): on a VM a wake-up across CPUs costs more than the whole
+    runtime (a 12 KB loopback echo took ~22 us with both ends on one vCPU and
+    ~300 us across two, here), and the scheduler picks either at random, so
+    the echo and the runtime are only compared on the same placement. The
+    bench process runs torch with as many threads as CPUs it is pinned to.
 ``capacity``
     resnet18 (224x224, weights=None) in a server subprocess with default
     arguments; a "cheap tail" (everything on the device but ``fc`` and the
