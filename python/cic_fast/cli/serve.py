@@ -51,12 +51,13 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="deadline of a new connection's handshake (default 5)",
     )
     p.add_argument(
-        "--workers", type=int, help="requests computed at once (default: the usable cores)"
+        "--workers", type=int, help="requests computed at once (default: cores // threads)"
     )
     p.add_argument(
         "--threads",
         type=int,
-        help="torch intra-op threads per worker (default: cores // workers, at least 1)",
+        help="torch intra-op threads per worker (default: cores // workers with --workers, "
+        "else min(4, cores))",
     )
     p.add_argument(
         "--queue-size",
