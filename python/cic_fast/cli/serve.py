@@ -51,13 +51,12 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="deadline of a new connection's handshake (default 5)",
     )
     p.add_argument(
-        "--workers", type=int, help="requests computed at once (default: cores // threads)"
+        "--workers", type=int, help="requests computed at once (default: the usable cores)"
     )
     p.add_argument(
         "--threads",
         type=int,
-        help="torch intra-op threads per worker (default: cores // workers with --workers, "
-        "else min(4, cores))",
+        help="torch intra-op threads per worker (default: cores // workers, at least 1)",
     )
     p.add_argument(
         "--queue-size",

@@ -154,15 +154,10 @@ class Server:
     graph : LayerGraph, optional
         With a model: ``trace(model, example_inputs)`` if already computed.
     workers : int, optional
-        Requests computed at once (default: usable cores // ``threads``, at
-        least 1).
+        Requests computed at once (default: the usable cores).
     threads : int, optional
         torch intra-op threads of each session thread (default: usable cores //
-        ``workers`` when ``workers`` is given, else min(4, usable cores)). With
-        neither given, one request alone computes as fast as torch's default
-        threads (the speed a profile taken with them predicts), and a machine
-        with more than 4 cores computes several requests at once, 4 threads
-        each (small-batch layers gain little from more).
+        ``workers``, at least 1).
     queue_size : int, optional
         Requests that may wait for a worker; one more is answered ``BUSY`` at
         once (default: 16 * ``workers``).
@@ -214,20 +209,19 @@ class Server:
         max_handshakes: int = 1024,
     ) -> None:
         cores = usable_cores()
+        workers = cores if workers is None else workers
         for name, value in (
             ("cache_size", cache_size),
             ("max_clients", max_clients),
-            ("workers", 1 if workers is None else workers),
-            ("threads", 1 if threads is None else threads),
+            ("workers", workers),
             ("max_handshakes", max_handshakes),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, not {value!r}")
-        if threads is None:
-            threads = max(1, cores // workers) if workers is not None else min(4, cores)
-        if workers is None:
-            workers = max(1, cores // threads)
+        threads = max(1, cores // workers) if threads is None else threads
         queue_size = 16 * workers if queue_size is None else queue_size
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be an int >= 1, not {threads!r}")
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 0:
             raise ValueError(f"queue_size must be an int >= 0, not {queue_size!r}")
         frame_timeout_s = timeout_s if frame_timeout_s is None else frame_timeout_s
