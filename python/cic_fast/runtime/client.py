@@ -275,6 +275,7 @@ class _Conn:
         self.sock = sock
         self.reader = W.SocketReader(sock, limits)
         self.max_frame_bytes = max_frame_bytes
+        self.used = -float("inf")  # time.monotonic() of the last answer
 
     def stale(self) -> bool:
         """True if the server closed it (or wrote unasked) since the last answer.
@@ -550,7 +551,9 @@ class Client:
         restart) is noticed here and replaced before anything is sent on it.
         """
         conn = self._conn
-        if conn is not None and conn.stale():
+        # one that answered less than a second ago is not looked at: the resend in
+        # `_exchange` covers a close that races with the request anyway
+        if conn is not None and time.monotonic() - conn.used > 1.0 and conn.stale():
             self._drop_conn()
             conn = None
         if conn is None:
@@ -590,6 +593,7 @@ class Client:
                 continue
             received = W.HEADER.size + payload.left
             out = read(kind, payload)
+            conn.used = time.monotonic()
             return out, sent, received, time.perf_counter() - t1
         raise AssertionError("unreachable")
 
