@@ -518,7 +518,12 @@ class Server:
                         with contextlib.suppress(OSError):
                             self._wake_r.recv(64)
                     else:
-                        self._hello_step(sel, pending, key.fileobj)  # type: ignore[arg-type]
+                        conn = key.fileobj
+                        try:
+                            self._hello_step(sel, pending, conn)  # type: ignore[arg-type]
+                        except Exception:  # one client never takes the gate down
+                            if conn in pending:
+                                self._drop(sel, pending, conn)  # type: ignore[arg-type]
                 now = time.monotonic()
                 while pending:
                     conn, h = next(iter(pending.items()))
