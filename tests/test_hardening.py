@@ -142,6 +142,28 @@ def test_idle_and_dripping_sockets_hold_no_client_slot(tiny):
                 s.close()
 
 
+def test_an_unexpected_error_in_one_handshake_leaves_the_gate_serving(tiny, monkeypatch):
+    real = M.decode_hello
+    calls = []
+
+    def flaky(payload, limits, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in handshake parsing (simulated)")
+        return real(payload, limits, **kw)
+
+    monkeypatch.setattr(server_mod.M, "decode_hello", flaky)
+    with tiny.server() as srv:
+        s = _connect(srv.address)
+        W.send_frame(s, W.MsgType.HELLO, [M.encode_hello(srv.fingerprint)])
+        assert _closed_within(s, 2.0)  # that one is dropped
+        s.close()
+        with tiny.client(srv.address, bandwidth_bps=1e10) as cli:  # the next is served
+            assert_same(tiny.expected, cli.infer_partition(tiny.all_server(), tiny.x))
+            assert cli.last is not None and not cli.last.fallback, cli.last.error
+        assert srv.running
+
+
 def test_a_trickled_request_frame_is_dropped_at_its_deadline(tiny):
     """Defect: the timeout applied to each recv, so 1 byte every 3 s held a connection."""
     with tiny.server(timeout_s=5.0, frame_timeout_s=0.6) as srv:
