@@ -1,6 +1,7 @@
 """End-to-end evaluation on one machine: an emulated slow device and link, and a real server.
 
 - `link`: the shaped link (tbf between network namespaces, or a user-space token bucket);
+- `traces`: bandwidth traces (mahimahi, cooked) and their replay on a link;
 - `device`: the slow device (a cgroup CPU quota, or sleep-scaled compute);
 - `worker`: the device process, which decides and measures every method;
 - `harness`: `evaluate`, which starts the server and the worker and collects rows;

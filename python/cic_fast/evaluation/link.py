@@ -16,6 +16,7 @@ Everything has a timeout; every helper cleans up what it created (``close``).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import queue
 import shutil
@@ -25,7 +26,14 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["NetnsLink", "TokenBucketLink", "netns_available", "tbf_args"]
+__all__ = [
+    "TBF_OUTAGE_BPS",
+    "TBF_OUTAGE_BURST",
+    "NetnsLink",
+    "TokenBucketLink",
+    "netns_available",
+    "tbf_args",
+]
 
 _CMD_TIMEOUT_S = 10.0
 
@@ -33,10 +41,16 @@ _CMD_TIMEOUT_S = 10.0
 class TokenBucketLink:
     """A TCP proxy whose both directions run at ``rate_bps``.
 
-    Each chunk read (at most ``chunk`` bytes) is forwarded when its serialization
-    would finish on a link of that rate (a store-and-forward link with no queue
-    limit), plus a propagation delay of ``rtt_s / 2``.  The rate may be changed
-    while connections are open (:attr:`rate_bps`).  Stop with :meth:`close`.
+    Each chunk read (at most ``chunk`` bytes) is forwarded piece by piece (a piece
+    is one slice's worth of bytes at the rate, at least 1500), each when its
+    serialization would finish on a link of that rate (a store-and-forward link
+    with no queue limit), plus a propagation delay of ``rtt_s / 2``.  The rate may be changed
+    while connections are open (:meth:`set_rate`, or :attr:`rate_bps`): the
+    serialization is paid in slices of at most `SLICE_S` at the rate of the moment,
+    so a change applies within a slice, also to a chunk being serialized.  A rate
+    of 0 is an outage: nothing is serialized (bytes are held, the residual leak is
+    0 bytes/s) until the rate is above 0 again; only chunks already serialized
+    (in the ``rtt_s / 2`` delay line) still arrive.  Stop with :meth:`close`.
 
     Parameters
     ----------
@@ -55,6 +69,8 @@ class TokenBucketLink:
     # How long close() waits, in all, for the proxy's threads once it has woken them
     # (they end in milliseconds; the bound only keeps a wedged thread from hanging it).
     CLOSE_JOIN_S = 2.0
+    # Longest sleep of a serialization step: the delay before a rate change applies.
+    SLICE_S = 0.01
 
     def __init__(
         self,
@@ -83,6 +99,32 @@ class TokenBucketLink:
         self._socks: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
         self._spawn(self._accept)
+
+    def set_rate(self, rate_bps: float) -> None:
+        """Change the rate of both directions (bits per second; 0 holds every byte)."""
+        if not (math.isfinite(rate_bps) and rate_bps >= 0):
+            raise ValueError("rate_bps must be finite and >= 0")
+        self.rate_bps = float(rate_bps)
+
+    def _serialize(self, nbytes: int, clock: float) -> float | None:
+        """Wait until ``nbytes`` have been serialized at the current rate, starting at
+        ``clock`` (the end of the previous chunk's serialization) or now if later;
+        return the time it ends, or None on close()."""
+        bits = 8.0 * nbytes
+        t = max(clock, time.perf_counter())
+        while bits > 0:
+            rate = self.rate_bps
+            if rate <= 0:  # an outage: no progress, and no credit for the time it lasts
+                if self._stop.wait(self.SLICE_S):
+                    return None
+                t = time.perf_counter()
+                continue
+            step = min(bits / rate, self.SLICE_S)
+            t += step
+            bits -= step * rate
+            if (wait := t - time.perf_counter()) > 0 and self._stop.wait(wait):
+                return None
+        return t
 
     def _spawn(self, target: Any, *args: Any) -> threading.Thread:
         """Start a daemon thread named after the link's port (call with _lock held or in init)."""
@@ -127,11 +169,12 @@ class TokenBucketLink:
                     self._spawn(self._pump, src, dst)
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        # A reader stamps each chunk with the time it arrives at the far end: when its
-        # serialization at the rate ends, plus the one-way propagation delay rtt/2
-        # (which does not lower the rate); a writer sends the chunks at those times.
-        # The bounded queue gives the sender backpressure.
-        chunks: queue.Queue[tuple[float, bytes] | None] = queue.Queue(maxsize=64)
+        # A reader serializes each chunk at the rate of the moment (waiting as it
+        # goes), piece by piece, and stamps each piece with the time it arrives at the
+        # far end: the end of its serialization plus the one-way propagation delay
+        # rtt/2 (which does not lower the rate); a writer sends the pieces at those
+        # times. The bounded queue (the delay line) gives the sender backpressure.
+        chunks: queue.Queue[tuple[float, bytes] | None] = queue.Queue(maxsize=1024)
         with self._lock:
             if self._stop.is_set():
                 return
@@ -142,12 +185,22 @@ class TokenBucketLink:
                 data = src.recv(self.chunk)
                 if not data:
                     break
-                now = time.perf_counter()
-                clock = max(clock, now) + 8 * len(data) / self.rate_bps
-                while not self._stop.is_set():
-                    with contextlib.suppress(queue.Full):
-                        chunks.put((clock + self.rtt_s / 2, data), timeout=0.2)
+                off = 0
+                while off < len(data) and not self._stop.is_set():
+                    # a piece of at most one slice at the rate (or one packet), so a
+                    # message's end leaves when its last byte is serialized, not when
+                    # a chunk that also holds the next message's first bytes is
+                    n = min(len(data) - off, max(1500, int(self.rate_bps * self.SLICE_S / 8)))
+                    done = self._serialize(n, clock)
+                    if done is None:
                         break
+                    clock = done
+                    piece = data[off : off + n]
+                    off += n
+                    while not self._stop.is_set():
+                        with contextlib.suppress(queue.Full):
+                            chunks.put((clock + self.rtt_s / 2, piece), timeout=0.2)
+                            break
         # End of stream: the writer forwards what is queued, then stops. On close()
         # it stops at once; the None wakes it if it waits for a chunk.
         while True:
@@ -217,18 +270,33 @@ def _check(cmd: list[str]) -> None:
         raise OSError(f"{' '.join(cmd)} failed: {r.stderr.strip() or r.stdout.strip()}")
 
 
+#: The rate and bucket of a tbf in an outage (a rate of 0, which tbf does not accept).
+TBF_OUTAGE_BPS = 8000
+TBF_OUTAGE_BURST = 1600
+
+
 def tbf_args(rate_bps: float) -> list[str]:
-    """``tc`` arguments of a tbf qdisc at ``rate_bps``.
+    """``tc`` arguments of a tbf qdisc at ``rate_bps``: the one place they are made.
 
     The bucket holds two MTU-sized packets (or 10 ms at the rate, if more) and the
     queue one second of traffic (at least 64 KB), so TCP reaches the rate without a
     burst above it.
+
+    A rate of 0 (an outage in a trace) is emulated by the lowest rate used here,
+    `TBF_OUTAGE_BPS` = 8 kbit/s, with a bucket of one MTU-sized packet
+    (`TBF_OUTAGE_BURST` = 1600 bytes) and a 64 KB queue: packets are held in the
+    queue (not dropped, so TCP does not back off beyond the outage) and leak at
+    1000 bytes/s (headers included), after at most one packet from the bucket.
     """
-    if not rate_bps > 0:
-        raise ValueError("rate_bps must be > 0")
-    burst = max(3200, int(rate_bps / 8 * 0.01))
-    limit = max(65536, int(rate_bps / 8 * 1.0))
-    return ["tbf", "rate", f"{int(rate_bps)}bit", "burst", str(burst), "limit", str(limit)]
+    if not (math.isfinite(rate_bps) and rate_bps >= 0):
+        raise ValueError("rate_bps must be finite and >= 0")
+    if rate_bps == 0:
+        rate, burst, limit = TBF_OUTAGE_BPS, TBF_OUTAGE_BURST, 65536
+    else:
+        rate = max(8, int(rate_bps))
+        burst = max(3200, int(rate_bps / 8 * 0.01))
+        limit = max(65536, int(rate_bps / 8 * 1.0))
+    return ["tbf", "rate", f"{rate}bit", "burst", str(burst), "limit", str(limit)]
 
 
 class NetnsLink:
@@ -266,6 +334,7 @@ class NetnsLink:
         self.device_ip = f"10.{net}.0.1"
         self.server_ip = f"10.{net}.0.2"
         self._made: list[str] = []
+        self._shaped = False
         try:
             for ns in (self.device_ns, self.server_ns):
                 _check(["ip", "netns", "add", ns])
@@ -291,6 +360,8 @@ class NetnsLink:
                 _check(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev])
                 _check(["ip", "-n", ns, "link", "set", dev, "up"])
                 _check(["ip", "-n", ns, "link", "set", "lo", "up"])
+            if not rate_bps > 0:
+                raise ValueError("rate_bps must be > 0")
             self.rate_bps = 0.0
             self.set_rate(rate_bps)
         except BaseException:
@@ -298,23 +369,18 @@ class NetnsLink:
             raise
 
     def set_rate(self, rate_bps: float) -> None:
-        """Shape both directions to ``rate_bps`` (``tc qdisc replace ... tbf``)."""
+        """Shape both directions to ``rate_bps`` (bits per second, ``>= 0``).
+
+        The first call installs the tbf qdiscs (``tc qdisc replace``), later ones
+        change them in place (``tc qdisc change``: the queued packets are kept).  A
+        rate of 0 is an outage, emulated as :func:`tbf_args` says (8 kbit/s, a
+        1600-byte bucket: a residual leak of 1000 bytes/s).
+        """
+        args = tbf_args(rate_bps)
+        verb = "change" if self._shaped else "replace"
         for ns, dev in ((self.device_ns, self.device_if), (self.server_ns, self.server_if)):
-            _check(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    ns,
-                    "tc",
-                    "qdisc",
-                    "replace",
-                    "dev",
-                    dev,
-                    "root",
-                    *tbf_args(rate_bps),
-                ]
-            )
+            _check(["ip", "netns", "exec", ns, "tc", "qdisc", verb, "dev", dev, "root", *args])
+        self._shaped = True
         self.rate_bps = float(rate_bps)
 
     def device_cmd(self, cmd: list[str]) -> list[str]:
