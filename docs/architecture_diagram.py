@@ -31,7 +31,11 @@ COLOURS = {
 # Layer, what it needs, its modules (one or two lines); top to bottom.
 LAYERS = [
     ("cli", "argparse", ["common  demo  profile  split", "plan  serve  evaluate"]),
-    ("evaluation", "subprocesses, tc, cgroups", ["link  device  worker", "harness  report"]),
+    (
+        "evaluation",
+        "subprocesses, tc, cgroups",
+        ["link  traces  device", "worker  harness  report"],
+    ),
     ("runtime", "sockets, threads", ["wire  messages  fingerprint", "estimator  server  client"]),
     ("frontend", "torch, imported lazily", ["tracing  profiling  cutting", "splitting  models"]),
     (
