@@ -367,6 +367,39 @@ def test_estimator_never_divides_by_a_clamped_time():
     assert est.estimate(now=0.0) is None
 
 
+def test_estimator_follows_a_step_within_two_samples_and_ignores_one_outlier():
+    est = BandwidthEstimator()
+    for i in range(8):
+        est.add(10e6 * 0.01, 0.01, now=float(i))
+    est.add(1e6 * 0.1, 0.1, now=8.0)  # one slow transfer: an outlier, not a step
+    assert est.estimate(now=8.0) == pytest.approx(10e6)
+    est.add(10e6 * 0.01, 0.01, now=9.0)
+    for t in (10.0, 11.0):  # two in a row: a step down
+        est.add(1e6 * 0.1, 0.1, now=t)
+    assert est.estimate(now=11.0) == pytest.approx(1e6)
+    for t in (12.0, 13.0):  # and back up
+        est.add(10e6 * 0.01, 0.01, now=t)
+    assert est.estimate(now=13.0) == pytest.approx(10e6)
+    with pytest.raises(ValueError, match="change_ratio"):
+        BandwidthEstimator(change_ratio=1.0)
+
+
+def test_estimate_follows_a_rate_step_on_a_shaped_link(tiny):
+    """10 -> 1 -> 10 Mbit/s: within 25 % of the new rate after at most 3 requests."""
+    from cic_fast.evaluation.link import TokenBucketLink
+
+    with tiny.server() as srv, contextlib.closing(TokenBucketLink(srv.address, 10e6)) as link:
+        with tiny.client(link.address) as cli:
+            assert cli.probe() is not None
+            for rate in (10e6, 1e6, 10e6):
+                link.set_rate(rate)
+                for _ in range(3):  # 12 KB each: 10 ms at 10 Mbit/s, 100 ms at 1
+                    cli.infer_partition(tiny.all_server(), tiny.x)
+                    assert cli.last is not None and not cli.last.fallback, cli.last.error
+                est = cli.estimator.estimate()
+                assert est is not None and abs(est - rate) / rate < 0.25, (est, rate)
+
+
 def test_small_frames_on_a_fast_link_do_not_measure_latency(tiny):
     """Defect: 4 KiB frames on loopback measured 58 Mbit/s on a multi-Gbit/s link."""
     with tiny.server() as srv:

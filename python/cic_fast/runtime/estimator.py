@@ -26,7 +26,12 @@ class BandwidthEstimator:
 
     Each sample is ``bits / seconds`` of one transfer; the estimate is the median
     of the samples of the last ``max_age_s`` seconds (at most ``window``), which
-    ignores a single stalled or bursty transfer.
+    ignores a single stalled or bursty transfer. A step of the link's rate is
+    followed within two samples: when the ``change_samples`` newest samples all
+    lie more than ``change_ratio`` times away from the median of the older ones,
+    on the same side, the older ones are dropped. One outlier never triggers it
+    (it needs ``change_samples`` in a row); a real step of more than that ratio
+    does, after ``change_samples`` transfers.
 
     Parameters
     ----------
@@ -59,11 +64,17 @@ class BandwidthEstimator:
         *,
         min_share: float = 0.25,
         min_seconds: float = 0.002,
+        change_ratio: float = 1.5,
+        change_samples: int = 2,
     ) -> None:
         if window < 1 or not max_age_s > 0 or min_bytes < 0 or not 0 < min_share <= 1:
             raise ValueError(
                 "window must be >= 1, max_age_s > 0, min_bytes >= 0 and 0 < min_share <= 1"
             )
+        if not change_ratio > 1 or not 1 <= change_samples < window:
+            raise ValueError("change_ratio must be > 1 and 1 <= change_samples < window")
+        self.change_ratio = float(change_ratio)
+        self.change_samples = int(change_samples)
         self.max_age_s = float(max_age_s)
         self.min_bytes = int(min_bytes)
         self.min_share = float(min_share)
@@ -82,8 +93,23 @@ class BandwidthEstimator:
             bits > 0 and 0 < seconds < math.inf and math.isfinite(bits / seconds)
         ):
             return
+        t = time.monotonic() if now is None else now
         with self._lock:
-            self._samples.append((time.monotonic() if now is None else now, bits / seconds))
+            self._samples.append((t, bits / seconds))
+            self._follow_step(t)
+
+    def _follow_step(self, t: float) -> None:
+        """Drop the older samples when the newest ones show a step (lock held)."""
+        k = self.change_samples
+        recent = [bps for when, bps in self._samples if t - when <= self.max_age_s]
+        if len(recent) <= k:
+            return
+        base = statistics.median(recent[:-k])
+        new = recent[-k:]
+        r = self.change_ratio
+        if all(x > r * base for x in new) or all(x * r < base for x in new):
+            for _ in range(len(self._samples) - k):
+                self._samples.popleft()
 
     def add_latency(self, seconds: float, *, now: float | None = None) -> None:
         """Record the round trip of an exchange too small to take wire time."""
