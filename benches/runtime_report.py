@@ -157,28 +157,16 @@ def _cic_source(pythonpath: str | None) -> dict[str, Any]:
     if pythonpath is not None and not pkg.startswith(os.path.abspath(pythonpath) + os.sep):
         raise SystemExit(f"cic_fast imported from {pkg}, not from --pythonpath {pythonpath}")
     info: dict[str, Any] = {"cic_fast": pkg, "runtime_server": server_mod.__file__}
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
     try:
-        root = subprocess.run(
-            ["git", "-C", pkg, "rev-parse", "--show-toplevel"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        head = subprocess.run(
-            ["git", "-C", root, "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", root, "status", "--porcelain", "--", "python/cic_fast"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
+        root = git("-C", pkg, "rev-parse", "--show-toplevel")
+        head = git("-C", root, "rev-parse", "--short", "HEAD")
+        dirty = git("-C", root, "status", "--porcelain", "--", "python/cic_fast")
         info["git"] = head + (" + uncommitted changes in python/cic_fast" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         info["git"] = None

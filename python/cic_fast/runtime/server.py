@@ -797,7 +797,8 @@ class Server:
             self._slots.put(None)
             took = time.perf_counter() - t1
             # a moving average over ~10 requests; the first one sets it
-            self._service_s += (0.1 if self._service_s else 1.0) * (took - self._service_s)
+            with self._lock:  # read by _acquire_worker in other session threads
+                self._service_s += (0.1 if self._service_s else 1.0) * (took - self._service_s)
             self._request.tail = None
         del tensors
         parts, _ = M.encode_result(request_id, time.perf_counter() - t0, outputs)
