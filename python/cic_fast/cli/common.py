@@ -17,6 +17,7 @@ from typing import Any
 
 from cic_fast.core import baselines
 from cic_fast.core.graph import Graph
+from cic_fast.frontend.models import INPUT_DTYPES
 
 __all__ = [
     "add_model_args",
@@ -27,6 +28,7 @@ __all__ = [
     "fixed_latencies_s",
     "fmt_bps",
     "fmt_bytes",
+    "load_model_args",
     "load_profiles",
     "parse_bandwidth",
     "parse_csv",
@@ -38,7 +40,7 @@ __all__ = [
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """MODEL (positional, or ``--model MODEL``), --input-shape, --weights, --seed.
+    """MODEL (positional, or ``--model MODEL``), --input-shape, --input-dtype, --weights, --seed.
 
     `resolve_model` reconciles the two spellings of the model after parsing.
     """
@@ -59,6 +61,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         metavar="SHAPE",
         help="input shape, e.g. 1,3,224,224; repeat for several inputs "
         "(default: the model's canonical shape)",
+    )
+    p.add_argument(
+        "--input-dtype",
+        choices=INPUT_DTYPES,
+        default="float32",
+        help="float32: the model's normalised input; uint8: camera frames, converted "
+        "and normalised (ImageNet mean/std) inside the traced graph, so server-only "
+        "sends 1 byte per value (default float32; client and server must agree)",
     )
     p.add_argument("--weights", metavar="FILE", help="state dict to load (weights_only=True)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random example input")
@@ -121,17 +131,24 @@ def load_profiles(args: argparse.Namespace, graph: Any) -> tuple[Any, Any]:
     return dev, dev.scaled(1.0 / args.server_speedup)
 
 
-def example_inputs(args: argparse.Namespace) -> tuple[Any, ...]:
-    """Random example inputs of the shapes ``--input-shape`` names (seeded by ``--seed``)."""
-    import torch
+def load_model_args(args: argparse.Namespace) -> Any:
+    """The model `add_model_args` names: MODEL, ``--weights`` and ``--input-dtype``."""
+    from cic_fast.frontend.models import load_model
 
-    from cic_fast.frontend.models import default_input_shape
+    return load_model(args.model, weights=args.weights, input_dtype=args.input_dtype)
+
+
+def example_inputs(args: argparse.Namespace) -> tuple[Any, ...]:
+    """Random example inputs of the shapes ``--input-shape`` names (seeded by ``--seed``).
+
+    Their dtype is ``--input-dtype``'s (`cic_fast.frontend.models.random_inputs`).
+    """
+    from cic_fast.frontend.models import random_inputs
 
     shapes = [parse_shape(s) for s in args.input_shape] if args.input_shape else None
-    if shapes is None:
-        shapes = [default_input_shape(args.model)]
-    gen = torch.Generator().manual_seed(args.seed)
-    return tuple(torch.randn(*s, generator=gen) for s in shapes)
+    return random_inputs(
+        args.model, shapes, input_dtype=getattr(args, "input_dtype", "float32"), seed=args.seed
+    )
 
 
 def trace_model(model: Any, inputs: tuple[Any, ...]) -> Any:

@@ -21,6 +21,7 @@ from cic_fast.cli.common import (
     fixed_latencies_s,
     fmt_bps,
     fmt_bytes,
+    load_model_args,
     load_profiles,
     rtt_seconds,
     trace_model,
@@ -132,11 +133,9 @@ def _run_plan(args: argparse.Namespace) -> int:
         planner = Planner.load(args.model)
         label = args.model
     else:
-        from cic_fast.frontend.models import load_model
-
         if not args.device_profile:
             raise ValueError("give --device PROFILE.json (and --server or --server-speedup)")
-        model = load_model(args.model, weights=args.weights)
+        model = load_model_args(args)
         graph = trace_model(model, example_inputs(args))
         dev, srv = load_profiles(args, graph)
         planner = Planner.from_profiles(graph, dev, srv, rtt_s=rtt_seconds(args))

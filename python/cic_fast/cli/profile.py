@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from cic_fast.cli.common import add_model_args, example_inputs, trace_model
+from cic_fast.cli.common import add_model_args, example_inputs, load_model_args, trace_model
 
 __all__ = ["add_profile_parser"]
 
@@ -32,10 +32,9 @@ def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _run_profile(args: argparse.Namespace) -> int:
-    from cic_fast.frontend.models import load_model
     from cic_fast.frontend.profiling import profile
 
-    model = load_model(args.model, weights=args.weights)
+    model = load_model_args(args)
     inputs = example_inputs(args)
     t0 = time.perf_counter()
     graph = trace_model(model, inputs)

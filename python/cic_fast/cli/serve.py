@@ -14,7 +14,7 @@ import signal
 import sys
 from typing import Any
 
-from cic_fast.cli.common import add_model_args, example_inputs, trace_model
+from cic_fast.cli.common import add_model_args, example_inputs, load_model_args, trace_model
 
 __all__ = ["add_serve_parser"]
 
@@ -81,11 +81,10 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from cic_fast.frontend.models import load_model
     from cic_fast.runtime.server import Server
     from cic_fast.runtime.wire import Limits
 
-    model = load_model(args.model, weights=args.weights)
+    model = load_model_args(args)
     inputs = example_inputs(args)
     graph = trace_model(model, inputs)
     max_bytes = int(args.max_frame_mb * (1 << 20))

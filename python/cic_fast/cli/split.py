@@ -11,6 +11,7 @@ from cic_fast.cli.common import (
     add_rtt_arg,
     device_only_s,
     example_inputs,
+    load_model_args,
     load_profiles,
     parse_bandwidth,
     rtt_seconds,
@@ -45,12 +46,11 @@ def _run_split(args: argparse.Namespace) -> int:
     import torch
 
     from cic_fast.core.graph import Graph
-    from cic_fast.frontend.models import load_model
     from cic_fast.frontend.splitting import split
     from cic_fast.frontend.tracing import tensor_bytes
 
     bandwidth = parse_bandwidth(args.bandwidth)
-    model = load_model(args.model, weights=args.weights)
+    model = load_model_args(args)
     inputs = example_inputs(args)
     graph = trace_model(model, inputs)
     dev, srv = load_profiles(args, graph)
