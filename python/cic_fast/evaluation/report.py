@@ -12,9 +12,36 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["METHODS", "EvalRow", "MethodResult", "format_table", "load_rows", "plot_latency"]
+__all__ = [
+    "METHODS",
+    "TRACE_METHODS",
+    "EvalRow",
+    "MethodResult",
+    "format_table",
+    "format_trace_table",
+    "load_rows",
+    "plot_latency",
+    "plot_trace_run",
+    "summarize_trace",
+]
 
 METHODS = ("device-only", "server-only", "neurosurgeon", "dads", "cic")
+
+#: The methods of a trace run (``cic-fast evaluate --trace``), in table order:
+#: two fixed placements; ``static``, the one partition best at the trace's mean rate
+#: (chosen before the run, as a user without CIC would); three that decide per
+#: request from the client's bandwidth estimate (best prefix, a full min-cut on the
+#: device, the Planner); and ``oracle``, the Planner at the trace's true rate at each
+#: request's start: the bound for any decision rule.
+TRACE_METHODS = (
+    "device-only",
+    "server-only",
+    "static",
+    "neurosurgeon",
+    "dads",
+    "cic",
+    "oracle",
+)
 
 
 @dataclass
@@ -186,6 +213,193 @@ def plot_latency(rows: Sequence[EvalRow], path: str | os.PathLike[str]) -> str |
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("median end-to-end latency (s)")
     axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+# -- trace runs ---------------------------------------------------------------------
+
+
+def summarize_trace(
+    requests: Sequence[dict[str, Any]], duration_s: float, deadline_s: float | None = None
+) -> dict[str, Any]:
+    """One method's entry of a trace run: statistics over its ``requests``.
+
+    Parameters
+    ----------
+    requests : sequence of dict
+        Per request: ``t_s``, ``latency_s``, ``predicted_s`` (the cost model at the
+        true rate, None if infinite), ``true_bps``, ``estimate_bps`` (None without
+        an estimate), ``path``, ``on_device``, ``wrong`` (and optional extras, kept).
+    duration_s : float
+        The run's length: requests/s is the count over the time from the run's
+        start to the last answer (at least ``duration_s``).
+    deadline_s : float, optional
+        ``deadline_hit_rate`` is the share answered within it (None without one).
+
+    Returns
+    -------
+    dict
+        ``mean_s``, ``p50_s``, ``p95_s``, ``p99_s``, ``requests_per_s``,
+        ``deadline_hit_rate``, ``wrong_outputs``, ``estimate_error_median`` (median
+        of ``|estimate / true - 1|`` over requests with both, None if none),
+        ``measured_over_predicted_median`` (median of latency / predicted over
+        requests with a finite prediction), ``paths`` (count per path),
+        ``n_requests`` and ``requests``.
+    """
+    lat = np.array([float(r["latency_s"]) for r in requests])
+    n = len(requests)
+
+    def pct(q: float) -> float | None:
+        return float(np.percentile(lat, q)) if n else None
+
+    end = max((float(r["t_s"]) + float(r["latency_s"]) for r in requests), default=0.0)
+    errs = [
+        abs(float(r["estimate_bps"]) / float(r["true_bps"]) - 1.0)
+        for r in requests
+        if r.get("estimate_bps") and float(r.get("true_bps") or 0) > 0
+    ]
+    ratios = [
+        float(r["latency_s"]) / float(r["predicted_s"])
+        for r in requests
+        if r.get("predicted_s") and float(r["predicted_s"]) > 0
+    ]
+    paths: dict[str, int] = {}
+    for r in requests:
+        paths[str(r.get("path"))] = paths.get(str(r.get("path")), 0) + 1
+    return {
+        "mean_s": float(lat.mean()) if n else None,
+        "p50_s": pct(50),
+        "p95_s": pct(95),
+        "p99_s": pct(99),
+        "requests_per_s": n / max(float(duration_s), end) if n else 0.0,
+        "deadline_hit_rate": (
+            float(np.mean(lat <= deadline_s)) if deadline_s is not None and n else None
+        ),
+        "wrong_outputs": sum(bool(r.get("wrong")) for r in requests),
+        "estimate_error_median": float(np.median(errs)) if errs else None,
+        "measured_over_predicted_median": float(np.median(ratios)) if ratios else None,
+        "paths": paths,
+        "n_requests": n,
+        "requests": list(requests),
+    }
+
+
+def _fmt_ms(v: float | None) -> str:
+    return "-" if v is None else f"{1e3 * v:.0f}"
+
+
+def format_trace_table(runs: Sequence[dict[str, Any]], *, only: str | None = None) -> str:
+    """A markdown table of trace runs: one line per (model, trace, method).
+
+    Latencies in ms; ``vs best fixed`` is the method's mean over the best mean of
+    device-only, server-only and static (below 1 is better), ``vs oracle`` over
+    the oracle's (each shown where those ran). With ``only``, just that method's
+    lines, without the header.
+    """
+    cols = [
+        "model", "trace", "method", "mean", "p50", "p95", "p99", "req/s",
+        "vs best fixed", "vs oracle", "deadline hit", "wrong", "est. err", "meas/pred", "paths",
+    ]  # fmt: skip
+    lines = []
+    if only is None:
+        lines.append("| " + " | ".join(cols) + " |")
+        lines.append("|" + "---|" * len(cols))
+    for run in runs:
+        ms = run["methods"]
+        fixed = [ms[k]["mean_s"] for k in ("device-only", "server-only", "static") if k in ms]
+        fixed = [v for v in fixed if v is not None]
+        best = min(fixed) if fixed else None
+        oracle = ms.get("oracle", {}).get("mean_s")
+        for name, m in ms.items():
+            if only is not None and name != only:
+                continue
+            mean = m["mean_s"]
+            paths = ", ".join(f"{k} {v}" for k, v in sorted(m["paths"].items()))
+            hit = m["deadline_hit_rate"]
+            err = m["estimate_error_median"]
+            ratio = m.get("measured_over_predicted_median")
+            cells = [
+                run["model"],
+                str(run.get("trace_name") or Path(run["trace"]).name),
+                name,
+                _fmt_ms(mean),
+                _fmt_ms(m["p50_s"]),
+                _fmt_ms(m["p95_s"]),
+                _fmt_ms(m["p99_s"]),
+                f"{m['requests_per_s']:.2f}",
+                f"{mean / best:.2f}" if best and mean is not None else "-",
+                f"{mean / oracle:.2f}" if oracle and mean is not None else "-",
+                "-" if hit is None else f"{100 * hit:.0f}%",
+                str(m["wrong_outputs"]),
+                "-" if err is None else f"{100 * err:.0f}%",
+                "-" if ratio is None else f"{ratio:.2f}",
+                paths,
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_trace_run(run: dict[str, Any], trace: Any, path: str | os.PathLike[str]) -> str | None:
+    """The trace's rate over the run, and each method's request latencies.
+
+    Top: the link's rate (the trace from the run's start) and CIC's estimate at
+    each request, if CIC ran; bottom: every request's latency, at its start time,
+    one series per method (log scale).
+
+    Returns
+    -------
+    str or None
+        None if written, else why not (matplotlib missing).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no plot"
+    d = float(run["duration_s"])
+    start = float(run.get("trace_start_s", 0.0))
+    t = np.linspace(0.0, d, max(200, int(d * 20)))
+    rate = np.array([trace.rate_at(start + x) for x in t])
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(8, 5.2), sharex=True, gridspec_kw={"height_ratios": [1, 2]}
+    )
+    top.step(t, rate / 1e6, where="post", color="k", lw=1, label="link rate")
+    cic = run["methods"].get("cic")
+    if cic:
+        pts = [(r["t_s"], r["estimate_bps"]) for r in cic["requests"] if r.get("estimate_bps")]
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            top.plot(xs, np.array(ys) / 1e6, ".", ms=3, color="tab:red", label="CIC's estimate")
+    top.set_ylabel("Mbit/s")
+    top.legend(fontsize=7, loc="upper right")
+    top.grid(True, alpha=0.3)
+    markers = dict(zip(TRACE_METHODS, "os^v<xD", strict=True))
+    for name, m in run["methods"].items():
+        reqs = m["requests"]
+        bottom.plot(
+            [r["t_s"] for r in reqs],
+            [r["latency_s"] for r in reqs],
+            markers.get(name, "o"),
+            ms=3,
+            alpha=0.7,
+            label=f"{name} (mean {1e3 * (m['mean_s'] or 0):.0f} ms)",
+        )
+    bottom.set_yscale("log")
+    bottom.set_xlabel("time in the run (s)")
+    bottom.set_ylabel("request latency (s)")
+    bottom.grid(True, which="both", alpha=0.3)
+    bottom.legend(fontsize=6, ncol=2)
+    fig.suptitle(
+        f"{run['model']} on {run.get('trace_name') or Path(run['trace']).name} "
+        f"from {start:g} s; device {run['device_slowdown']:g}x slower than the server "
+        f"(server {run['server_speedup']:g}x)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -5,12 +5,15 @@ builds one Planner from the two profiles and every method's decision rule, and a
 `cic_fast.Client` to the server from the traced graph and that Planner; it prints
 ``{"ready": true, "pid": ...}`` and then answers one JSON line per command read on
 stdin: ``{"rate_bps": R}`` -> every method's measurements at that rate (see
-`cic_fast.evaluation.report.MethodResult`), ``{"quit": true}`` -> exit. The
+`cic_fast.evaluation.report.MethodResult`), ``{"trace_run": {...}}`` -> one method's
+requests while the orchestrator replays a trace on the link (see
+:meth:`DeviceWorker.trace_run`), ``{"quit": true}`` -> exit. The
 orchestrator (`cic_fast.evaluation.harness`) moves it into the device's CPU group
 after "ready", so set-up runs at full speed.
 
 Only the Client's public API is used: `Client.infer_partition` for the latencies,
-`Client.stream` for the throughput, and ``device_runner`` for the sleep-scaled
+`Client.stream` for the throughput, `Client.infer` / `Client.decide` for the
+methods that decide from the estimate, and ``device_runner`` for the sleep-scaled
 slow device (`cic_fast.evaluation.device.Slowed` around every device computation).
 """
 
@@ -31,9 +34,13 @@ from typing import Any
 import numpy as np
 
 from cic_fast.evaluation.device import Slowed
-from cic_fast.evaluation.report import METHODS, MethodResult
+from cic_fast.evaluation.report import METHODS, TRACE_METHODS, MethodResult
 
 __all__ = ["DeviceWorker", "main", "slowed_runner"]
+
+#: Distinct input frames a trace run cycles through (each checked against its own
+#: local result).
+TRACE_FRAMES = 4
 
 
 def _median_call_s(fn: Callable[[], Any], budget_s: float = 0.2, max_calls: int = 200) -> float:
@@ -69,16 +76,18 @@ class DeviceWorker:
         from cic_fast.core.baselines import Neurosurgeon
         from cic_fast.core.graph import min_cut
         from cic_fast.core.planner import Planner
-        from cic_fast.frontend.models import load_model
+        from cic_fast.frontend.models import load_model, random_inputs
         from cic_fast.frontend.profiling import Profile
         from cic_fast.frontend.tracing import trace
         from cic_fast.runtime.client import Client
 
         torch.set_num_threads(int(cfg.get("threads", 1)))
         self.cfg = cfg
-        self.model = load_model(cfg["model"], weights=cfg["weights"])
-        gen = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
-        self.x = torch.randn(*cfg["input_shape"], generator=gen)
+        dtype = str(cfg.get("input_dtype", "float32"))
+        self.model = load_model(cfg["model"], weights=cfg["weights"], input_dtype=dtype)
+        seed = int(cfg.get("seed", 0))
+        shape = [cfg["input_shape"]]
+        self.x = random_inputs(cfg["model"], shape, input_dtype=dtype, seed=seed)[0]
         # traced once; every later stage is handed the graph or the planner
         self.graph = trace(self.model, self.x)
         dev = Profile.load(cfg["device_profile"], self.graph)
@@ -95,15 +104,33 @@ class DeviceWorker:
         runner = None
         if cfg.get("slowdown_method") == "sleep":
             runner = slowed_runner(float(cfg["slowdown"]))
+        self.trace_mode = bool(cfg.get("trace_mode", False))
+        extra: dict[str, Any] = {}
+        timeout_s = float(cfg.get("timeout_s", 60.0))
+        if self.trace_mode:
+            # a request never waits on a stalled link for long: the hedge (or, without
+            # one, this deadline) bounds it near device-only
+            device_only_s = float(self.core.evaluate(np.ones(g.n_nodes, bool), 1.0, 0.0).latency_s)
+            timeout_s = min(timeout_s, max(1.0, 3.0 * device_only_s))
+            if cfg.get("hedge_margin_s") is not None:
+                extra["hedge_margin_s"] = float(cfg["hedge_margin_s"])
         self.client = Client(
             g,
             address=tuple(cfg["address"]),
             planner=self.planner,
-            timeout_s=float(cfg.get("timeout_s", 60.0)),
-            bandwidth_bps=1e6,
+            timeout_s=timeout_s,
+            bandwidth_bps=None if self.trace_mode else 1e6,
             retry_s=0.0,
             device_runner=runner,
+            cache_size=256,
+            **extra,
         )
+        self.frames = [self.x] + [
+            random_inputs(cfg["model"], shape, input_dtype=dtype, seed=seed + k)[0]
+            for k in range(1, TRACE_FRAMES)
+        ]
+        with torch.inference_mode():
+            self.refs = [_leaves(self.model(f)) for f in self.frames]
         self.requests = int(cfg.get("requests", 3))
         self.stream_frames = int(cfg.get("stream_frames", 4))
         self.max_predicted_s = float(cfg.get("max_predicted_s", 12.0))
@@ -181,6 +208,202 @@ class DeviceWorker:
             return (m - 1) / (done[-1] - done[0])
         return 1.0 / (done[0] - t0)
 
+    # -- is the cost model right? ------------------------------------------------------
+
+    def plan_check(self, bw: float) -> dict[str, Any]:
+        """Every partition of the plan measured at link rate ``bw``.
+
+        Each distinct partition of the plan's segments (and device-only) runs
+        ``requests`` timed requests (after a warm-up); the answer gives each one's
+        predicted and measured median latency and which one the Planner chose at
+        ``bw``, so the caller can say whether the choice was the measured fastest.
+        Partitions predicted slower than ``max_predicted_s`` are not run.
+        """
+        self.client.bandwidth_bps = bw
+        chosen = np.asarray(self.planner.decide(bw).on_device, bool)
+        masks: dict[bytes, np.ndarray] = {}
+        for seg in self.planner.segments:
+            masks.setdefault(seg.on_device.tobytes(), np.asarray(seg.on_device, bool))
+        dev = np.ones(self.graph.n_nodes, bool)
+        masks.setdefault(dev.tobytes(), dev)
+        parts = []
+        for on in masks.values():
+            part = self.core.evaluate(on, bw, self.rtt_s)
+            entry: dict[str, Any] = {
+                "n_on_device": int(on.sum()),
+                "bytes_sent": float(part.bytes_sent),
+                "predicted_s": float(part.latency_s),
+                "chosen": bool(np.array_equal(on, chosen)),
+                "latency_s": [],
+                "median_s": None,
+                "fallbacks": 0,
+            }
+            if part.latency_s <= self.max_predicted_s:
+                lat, fallbacks = self.latencies(on)
+                entry.update(latency_s=lat, median_s=float(np.median(lat)), fallbacks=fallbacks)
+            parts.append(entry)
+        return {"rate_bps": bw, "partitions": parts}
+
+    # -- trace runs ------------------------------------------------------------------
+
+    def warm(self, rates_bps: Sequence[float]) -> int:
+        """Build every partition a trace run may use, at full speed; the count built.
+
+        The plan's partitions (CIC, DADS and the oracle choose among them, ties
+        aside), Neurosurgeon's prefixes at ``rates_bps`` and a grid of rates,
+        device-only and server-only: each runs one request, so that the head here
+        and the tail on the server are built before the clock starts (a real
+        deployment builds them at start-up too).
+        """
+        grid = list(np.geomspace(1e3, 1e9, 61)) + [float(r) for r in rates_bps]
+        masks: dict[bytes, np.ndarray] = {}
+        for seg in self.planner.segments:
+            masks[seg.on_device.tobytes()] = np.asarray(seg.on_device, bool)
+        for bw in grid:
+            for on in (self.neuro.decide(bw), self.planner.decide(bw).on_device):
+                masks.setdefault(np.asarray(on, bool).tobytes(), np.asarray(on, bool))
+        for method in ("device-only", "server-only"):
+            on, _ = self.decide(method, 1e6)
+            masks.setdefault(on.tobytes(), on)
+        self.client.bandwidth_bps = 1e9
+        try:
+            for on in masks.values():
+                self.client.infer_partition(on, self.x)
+        finally:
+            self.client.bandwidth_bps = None if self.trace_mode else 1e6
+        return len(masks)
+
+    def _trace_request(self, method: str, true_bps: float, x: Any) -> tuple[Any, np.ndarray]:
+        """One request of ``method``: (its output, the partition it ran)."""
+        cli = self.client
+        g = self.graph
+        if method == "cic":
+            out = cli.infer(x)
+            rec = cli.last
+            assert rec is not None
+            return out, np.asarray(rec.partition.on_device, bool)
+        if method in ("neurosurgeon", "dads"):
+            # the same estimate (and probing) as CIC; the decision rule differs, and
+            # its time (a full min-cut for DADS) is part of the request
+            _, bw, _ = cli.decide()
+            if bw is None or cli.server_down:
+                on = np.ones(g.n_nodes, bool)
+            elif method == "dads":
+                on = self._decide_dads(bw)
+            else:
+                on = self.neuro.decide(bw)
+        elif method == "oracle":
+            on = (
+                np.asarray(self.planner.decide(true_bps).on_device, bool)
+                if true_bps > 0
+                else np.ones(g.n_nodes, bool)
+            )
+        elif method == "static":
+            on = self._static
+        else:
+            on, _ = self.decide(method, 1e6)
+        return cli.infer_partition(on, x), np.asarray(on, bool)
+
+    def _decide_dads(self, bw: float) -> np.ndarray:
+        return self._min_cut(
+            self.graph.edges,
+            self.core.device_s,
+            self.core.server_s,
+            self.graph.out_bytes,
+            bw,
+            rtt_s=self.rtt_s,
+        ).on_device
+
+    def trace_run(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """One method for ``duration_s`` while the orchestrator replays a trace.
+
+        ``cmd``: ``method``, ``trace`` (the file), ``start_s``, ``duration_s``,
+        ``window_s``, ``fps`` (None: back to back) and ``t0`` (the
+        ``time.monotonic()`` at which the replay started: one clock for both
+        processes). Each request records its start (``t_s`` since ``t0``), its
+        latency, the trace's rate then (``true_bps``, the rate of the replayed
+        window), the estimate, the cost model's prediction of the partition it ran
+        at the true rate (``predicted_s``, None if infinite: an offload during an
+        outage) and at the estimate, which path answered, and whether its output
+        differs from local execution.
+        """
+        import torch
+
+        from cic_fast.evaluation.traces import BandwidthTrace
+
+        method = str(cmd["method"])
+        if method not in TRACE_METHODS:
+            raise ValueError(f"unknown method {method!r}")
+        trace = BandwidthTrace.load(cmd["trace"])
+        win = trace.windows(float(cmd.get("window_s", 0.1)))
+        replayed = BandwidthTrace(
+            [w for w, _ in win], [r for _, r in win], trace.duration_s, name=trace.name
+        )
+        start_s = float(cmd.get("start_s", 0.0))
+        duration_s = float(cmd["duration_s"])
+        fps = cmd.get("fps")
+        t0 = float(cmd["t0"])
+        self._static = np.asarray(self.planner.decide(trace.mean_bps).on_device, bool)
+        cli = self.client
+        # every method starts from nothing known: the same first probe for all
+        cli.close()
+        cli.estimator.clear()
+        cli.bandwidth_bps = None
+        requests: list[dict[str, Any]] = []
+        i = 0
+        while True:
+            now = time.monotonic()
+            if fps:
+                slot = t0 + i / float(fps)
+                if slot - t0 >= duration_s:
+                    break
+                if slot > now:
+                    time.sleep(slot - now)
+            elif now - t0 >= duration_s:
+                break
+            t_s = time.monotonic() - t0
+            if t_s >= duration_s:
+                break
+            true_bps = replayed.rate_at(start_s + t_s)
+            estimate = cli.estimator.estimate()
+            k = i % len(self.frames)
+            p0 = time.perf_counter()
+            out, on = self._trace_request(method, true_bps, self.frames[k])
+            latency = time.perf_counter() - p0
+            rec = cli.last
+            assert rec is not None
+            offloaded = _path(rec) in ("offload", "hedged-offload")
+            latency += self.add_rtt_s if offloaded else 0.0
+            if method in ("cic", "neurosurgeon", "dads"):
+                estimate = rec.bandwidth_estimate_bps
+            got = _leaves(out)
+            wrong = len(got) != len(self.refs[k]) or not all(
+                a.shape == b.shape
+                and a.dtype == b.dtype
+                and bool(torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4))
+                for a, b in zip(got, self.refs[k], strict=False)
+            )
+            at_true = self.core.evaluate(on, max(true_bps, 1e-300), self.rtt_s).latency_s
+            at_est = self.core.evaluate(on, estimate, self.rtt_s).latency_s if estimate else None
+            requests.append(
+                {
+                    "t_s": t_s,
+                    "latency_s": latency,
+                    "predicted_s": _finite(at_true),
+                    "predicted_at_estimate_s": _finite(at_est),
+                    "true_bps": true_bps,
+                    "estimate_bps": estimate,
+                    "path": _path(rec),
+                    "on_device": int(on.sum()),
+                    "bytes_sent": int(rec.bytes_sent),
+                    "wrong": bool(wrong),
+                    "error": rec.error,
+                }
+            )
+            i += 1
+        cli.close()
+        return {"method": method, "n_nodes": int(self.graph.n_nodes), "requests": requests}
+
     def measure(self, bw: float) -> dict[str, Any]:
         """Every method at link rate ``bw``: a JSON-ready dict of MethodResult dicts."""
         from cic_fast.runtime import wire as W
@@ -228,23 +451,54 @@ class DeviceWorker:
         return {"rate_bps": bw, "methods": {k: asdict(v) for k, v in results.items()}}
 
 
+def _leaves(out: Any) -> list[Any]:
+    """The tensors of a model's output, in order."""
+    from torch.utils import _pytree
+
+    return [t.detach() for t in _pytree.tree_leaves(out)]
+
+
+def _finite(x: float | None) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def _path(rec: Any) -> str:
+    """Which path answered a request (`RequestRecord.path`)."""
+    path = getattr(rec, "path", None)
+    if path:
+        return str(path)
+    if rec.fallback:
+        return "fallback-local"
+    return "offload" if rec.bytes_sent or not rec.partition.on_device.all() else "local"
+
+
 def _worker(config_path: str) -> int:
     """``python -m cic_fast.evaluation.worker CONFIG``: answer rate commands on stdin."""
     cfg = json.loads(Path(config_path).read_text())
-    dev = DeviceWorker(cfg)
-    # warm every path at full speed before slowing down
-    for method in METHODS:
-        dev.decide(method, 1e7)
+    try:
+        dev = DeviceWorker(cfg)
+        # warm every path at full speed before slowing down
+        for method in METHODS:
+            dev.decide(method, 1e7)
+        warmed = dev.warm(cfg.get("warm_rates_bps", [])) if dev.trace_mode else 0
+    except Exception as e:  # the orchestrator reports it
+        print(json.dumps({"error": f"{type(e).__name__}: {e}"}), flush=True)
+        return 1
     # The orchestrator moves this process into the device's CPU group once it reads
     # "ready" (inside `ip netns exec` the cgroup hierarchy is not mounted), so set-up
     # runs at full speed.
-    print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
+    print(json.dumps({"ready": True, "pid": os.getpid(), "partitions": warmed}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd.get("quit"):
             break
         try:
-            out = dev.measure(float(cmd["rate_bps"]))
+            if "trace_run" in cmd:
+                out = dev.trace_run(cmd["trace_run"])
+            elif "plan_check" in cmd:
+                out = dev.plan_check(float(cmd["plan_check"]["rate_bps"]))
+            else:
+                out = dev.measure(float(cmd["rate_bps"]))
         except Exception as e:  # report, do not die: the orchestrator decides
             out = {"error": f"{type(e).__name__}: {e}"}
         print(json.dumps(out), flush=True)
