@@ -794,10 +794,15 @@ def check_plan(
                         "chosen_is_fastest": c is not None and c <= (1 + tolerance) * fastest,
                     }
                     checks.append(check)
-                    say(
-                        f"  {len(ran)} partitions run; chosen {1e3 * (c or math.nan):.0f} ms, "
-                        f"fastest {1e3 * fastest:.0f} ms"
-                    )
+                    for p in parts:
+                        med = p["median_s"]
+                        say(
+                            f"  {'*' if p['chosen'] else ' '} {p['n_on_device']} on device, "
+                            f"{p['bytes_sent'] / 1e3:.1f} KB: predicted "
+                            f"{1e3 * p['predicted_s']:.0f} ms, measured "
+                            + ("-" if med is None else f"{1e3 * med:.0f} ms")
+                        )
+                    _write_results(out, {"plan_checks": checks})
     _write_results(out, {"plan_checks": checks})
     return checks
 

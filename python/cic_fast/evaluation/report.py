@@ -396,8 +396,8 @@ def plot_trace_run(run: dict[str, Any], trace: Any, path: str | os.PathLike[str]
     bottom.legend(fontsize=6, ncol=2)
     fig.suptitle(
         f"{run['model']} on {run.get('trace_name') or Path(run['trace']).name} "
-        f"from {start:g} s; device {run['device_slowdown']:g}x slower than the server "
-        f"(server {run['server_speedup']:g}x)",
+        f"from {start:g} s; device = 1/{run['device_slowdown']:g} of a core, "
+        f"server {run['server_speedup']:g}x the device; {run.get('input_dtype', 'float32')} input",
         fontsize=9,
     )
     fig.tight_layout()
