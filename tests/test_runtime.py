@@ -253,10 +253,16 @@ def test_server_killed_mid_session_falls_back(tiny):
 
 @pytest.mark.slow
 def test_server_silent_times_out_and_falls_back(tiny):
-    """A server that accepts and never answers: the client's timeout bounds the wait."""
+    """A server that accepts and never answers: the client's timeout bounds the wait.
+
+    Hedging off: with it, the local finish answers after ``hedge_margin_s``
+    (tests/test_dynamic_link.py); this is the deadline without it.
+    """
     lsock = socket.create_server(("127.0.0.1", 0))
     try:
-        with tiny.client(lsock.getsockname(), bandwidth_bps=1e10, timeout_s=0.5) as cli:
+        with tiny.client(
+            lsock.getsockname(), bandwidth_bps=1e10, timeout_s=0.5, hedge_margin_s=None
+        ) as cli:
             t0 = time.monotonic()
             assert_same(tiny.expected, cli.infer(tiny.x))
             assert time.monotonic() - t0 < 3

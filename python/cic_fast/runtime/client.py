@@ -11,7 +11,13 @@ request it
 2. asks the Planner for the optimal partition at that bandwidth (microseconds);
 3. runs the head on the device, sends the boundary tensors, receives the outputs;
 4. on any network failure (refused, timeout, error frame, fingerprint mismatch,
-   malformed answer) runs the tail itself: the caller always gets the model's output.
+   malformed answer) runs the tail itself: the caller always gets the model's output;
+5. when the answer is late or the link stalls (``hedge_margin_s``), starts the tail
+   on the device as well and returns whichever result is ready first.
+
+While its decisions keep everything on the device, a background thread probes the
+link at a bounded cost (``probe_share``) so that it notices when offloading pays
+again.
 
 `Client.infer` runs one request (`Client.infer_partition` one with a given
 partition); `Client.stream` pipelines a sequence of frames over one connection.
@@ -23,9 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import queue
 import random
 import socket
+import struct
 import threading
 import time
 from collections import OrderedDict, deque
@@ -52,7 +60,18 @@ from cic_fast.runtime.fingerprint import traced_fingerprint
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["BandwidthEstimator", "Client", "DeviceRunner", "RequestRecord"]
+try:  # the bytes a socket holds that its peer has not acknowledged (Linux: SIOCOUTQ)
+    import fcntl
+    import termios
+
+    _TIOCOUTQ: int | None = termios.TIOCOUTQ
+except (ImportError, AttributeError):  # pragma: no cover - not Linux
+    _TIOCOUTQ = None
+
+__all__ = ["PATHS", "BandwidthEstimator", "Client", "DeviceRunner", "RequestRecord"]
+
+#: The values of `RequestRecord.path`.
+PATHS = ("offload", "local", "fallback-local", "hedged-local", "hedged-offload")
 
 #: ``runner(fn)`` runs one device-side computation ``fn()`` and returns its result.
 DeviceRunner = Callable[[Callable[[], Any]], Any]
@@ -70,9 +89,11 @@ class RequestRecord:
         The partition chosen (priced at ``bandwidth_estimate_bps``); all-device when
         the server was known to be unreachable.
     fallback : bool
-        True if the server could not be used and the device computed the rest.
+        True if the server's answer was not used and the device computed the rest
+        (``path`` is ``"fallback-local"`` or ``"hedged-local"``).
     bytes_sent : int
-        Bytes of boundary tensors sent (0 if nothing was offloaded or sent).
+        Bytes of boundary tensors sent (0 if nothing was offloaded or sent, or
+        if the server's answer was not used).
     bandwidth_estimate_bps : float or None
         The bandwidth the decision used (None when no estimate could be made).
     device_s, transfer_s, server_s, total_s : float
@@ -81,14 +102,29 @@ class RequestRecord:
         server (as the server reports it); the whole request, from its decision to
         its answer.
     probed : bool
-        True if a bandwidth probe ran before this request.
+        True if a bandwidth probe ran before this request: a synchronous one
+        (there was no estimate), or a background one that finished since the
+        previous decision.
     error : str or None
-        Why the server was not used, on fallback.
+        Why the server was not used, on fallback (for ``"hedged-local"``: why
+        the hedge started).
     done_s : float
         ``time.perf_counter()`` when the answer was available. In a stream, when it
         and every earlier frame's answer were (so it never decreases along a
         stream): ``(m - 1) / (done_s[m-1] - done_s[0])`` is the frame rate of
         ``m`` frames.
+    path : str
+        Which path answered (one of `PATHS`): ``"offload"``, the server's answer;
+        ``"local"``, the decision kept everything on the device;
+        ``"fallback-local"``, the server failed, was unreachable (or backed off)
+        or refused, and the device computed the rest; ``"hedged-local"``, the
+        answer was late or the link stalled, the device finished the request
+        first (the connection and its late answer were dropped);
+        ``"hedged-offload"``, the device had started on the rest too, but the
+        server's answer came first (the local result was discarded).
+    predicted_s : float
+        The latency the cost model predicted for ``partition`` at the bandwidth
+        the decision used (``partition.latency_s``).
     """
 
     partition: Partition
@@ -102,6 +138,8 @@ class RequestRecord:
     probed: bool = False
     error: str | None = None
     done_s: float = 0.0
+    path: str = "offload"
+    predicted_s: float = 0.0
 
 
 def _local_record(
@@ -127,7 +165,254 @@ def _local_record(
         probed=probed,
         error=error,
         done_s=t,
+        path="fallback-local" if fallback else "local",
+        predicted_s=partition.latency_s,
     )
+
+
+def _unacked(sock: socket.socket) -> int | None:
+    """Bytes written to ``sock`` that its peer has not acknowledged yet (None: unknown)."""
+    if _TIOCOUTQ is None:
+        return None
+    try:
+        raw = fcntl.ioctl(sock.fileno(), _TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError):  # closed
+        return None
+    return int(struct.unpack("i", raw)[0])
+
+
+class _LocalWon(Exception):
+    """Raised through a request's waits once its local finish has won."""
+
+
+class _HedgePool:
+    """At most ``size`` daemon threads that run hedges, started when first needed.
+
+    `submit` never queues behind a busy thread: it returns False when all
+    ``size`` are busy (with hedges whose answers lost, which cannot be
+    cancelled), and the caller finishes the request in its own thread instead.
+    A thread ends after ``idle_s`` without work.
+    """
+
+    def __init__(self, size: int, idle_s: float = 30.0) -> None:
+        self.size = size
+        self.idle_s = idle_s
+        self.lock = threading.Lock()
+        self.idle = 0  # threads waiting for work and not promised any
+        self.threads = 0
+        self.started = 0  # threads ever started (for tests and stats)
+        self.jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self.closed = False
+
+    def submit(self, fn: Callable[[], None]) -> bool:
+        """Run ``fn()`` in a hedge thread now; False if none is free."""
+        with self.lock:
+            if self.closed:
+                return False
+            if self.idle > 0:
+                self.idle -= 1  # promised to this job
+            elif self.threads < self.size:
+                self.threads += 1
+                self.started += 1
+                threading.Thread(target=self._work, name="cic-hedge", daemon=True).start()
+            else:
+                return False
+        self.jobs.put(fn)
+        return True
+
+    def _work(self) -> None:
+        while True:
+            try:
+                fn = self.jobs.get(timeout=self.idle_s)
+            except queue.Empty:
+                with self.lock:
+                    # idle == 0: every idle thread was promised a job that is on
+                    # its way; this one may be the one to take it
+                    if self.idle > 0:
+                        self.idle -= 1
+                        self.threads -= 1
+                        return
+                continue
+            if fn is None:
+                return
+            try:
+                fn()
+            finally:
+                with self.lock:
+                    self.idle += 1
+
+    def close(self) -> None:
+        """Let the threads end once their current hedge is done."""
+        with self.lock:
+            self.closed = True
+            n = self.threads
+        for _ in range(n):
+            self.jobs.put(None)
+
+
+# A request is checked this many times per hedge margin while it waits (and no
+# earlier than one such step after it started, so an answer in time never wakes it).
+_HEDGE_STEPS = 8
+
+
+class _Hedge(W.Tick):
+    """Watches one offloaded request from inside its blocking waits, and hedges it.
+
+    A `wire.Tick`: the request's own thread calls it every ``margin / 8`` while
+    it waits on the socket (never before the first step, so an answer that
+    comes in time costs nothing). It starts the local finish (the tail, in a
+    hedge thread) when
+
+    - late: the network part has taken ``predicted + margin`` (``predicted``:
+      transfer + server + round trip of the partition at the decision's
+      bandwidth; none without a bandwidth), or
+    - stalled: bytes are outstanding (written and not acknowledged by the peer,
+      or a connect or handshake under way) and neither an acknowledgement nor
+      an answer byte came for ``margin``. Progress is sampled at each step, so
+      it fires between ``margin`` and ``margin + margin / 8`` after the last
+      progress; exactly ``margin`` after the network part started when nothing
+      was ever acknowledged.
+
+    The first to finish claims the request (`claim_network`, or the hedge
+    thread); a local win shuts the socket down, which wakes the request's
+    thread at once.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        tail: Any,
+        sent: dict[str, Any],
+        margin: float,
+        predicted_s: float,
+        t0: float,
+    ) -> None:
+        super().__init__()
+        self.client: Client | None = client
+        self.tail = tail
+        self.tensors: dict[str, Any] | None = sent
+        self.margin = margin
+        self.step = margin / _HEDGE_STEPS
+        self.t0 = t0
+        self.late_at = t0 + predicted_s + margin
+        self.at = min(t0 + self.step, self.late_at)
+        self.connecting = False
+        self.progress_t = t0
+        self.last_acked = 0
+        self.last_received = 0
+        self.started = False
+        self.reason = ""
+        self.t_hedge = 0.0
+        # set once started
+        self.lock: threading.Lock | None = None
+        self.done: threading.Event | None = None
+        self.winner: str | None = None
+        self.inline = False  # no hedge thread was free: the caller finishes
+        self.out: Any = None
+        self.error: BaseException | None = None
+        self.local_s = 0.0
+
+    def bind(self, sock: socket.socket) -> None:
+        """Watch ``sock`` from now on (a new attempt of the request)."""
+        self.sock = sock
+        self.sent = self.received = self.last_acked = self.last_received = 0
+
+    def delivered(self) -> int:
+        """Bytes the peer acknowledged on the current socket plus answer bytes received."""
+        sock = self.sock
+        unacked = None if sock is None or self.connecting else _unacked(sock)
+        acked = self.sent - unacked if unacked is not None else 0
+        return max(acked, 0) + self.received
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if self.started:
+            if self.winner == "local":
+                raise _LocalWon
+            self.at = now + self.step
+            return
+        if self.connecting:
+            outstanding, acked = True, self.last_acked
+        else:
+            unacked = None if self.sock is None else _unacked(self.sock)
+            if unacked is None:  # unknown: the bytes the socket took count as progress
+                outstanding, acked = True, self.sent
+            else:
+                outstanding, acked = unacked > 0, self.sent - unacked
+        if not outstanding or acked > self.last_acked or self.received > self.last_received:
+            # progress, or nothing waits for the link: the stall clock restarts
+            self.progress_t = now
+            self.last_acked = max(self.last_acked, acked)
+            self.last_received = self.received
+        if now - self.progress_t >= self.margin:
+            self._start(now, f"the link stalled: no progress for {now - self.progress_t:.3f} s")
+        elif now >= self.late_at:
+            self._start(now, f"no answer {now - self.t0:.3f} s after sending (late)")
+        else:
+            self.at = min(now + self.step, self.late_at)
+
+    def _start(self, now: float, reason: str) -> None:
+        client = self.client
+        assert client is not None
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.started = True
+        self.reason = reason
+        self.t_hedge = now
+        self.at = now + self.step
+        client.hedges += 1
+        if not client._hedge_pool().submit(self._run_local):
+            # every hedge thread is busy: give the network up, finish in this thread
+            self.winner = "local"
+            self.inline = True
+            raise _LocalWon
+
+    def _run_local(self) -> None:
+        """The hedge thread: the tail on the device; claim the request if still open."""
+        client, tail, tensors = self.client, self.tail, self.tensors
+        assert client is not None and self.lock is not None and self.done is not None
+        t = time.perf_counter()
+        try:
+            out = client._device(lambda: tail(tensors))
+        except BaseException as e:  # reported by the caller if the network fails too
+            self.error = e
+            out = None
+        self.local_s = time.perf_counter() - t
+        with self.lock:
+            self.out = out
+            if self.winner is None and self.error is None:
+                self.winner = "local"
+                sock = self.sock
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)  # wakes the request's thread
+        self.client = self.tail = self.tensors = None
+        self.done.set()
+
+    def claim_network(self) -> bool:
+        """The server's answer is complete: True if it wins (no local finish came first)."""
+        if not self.started:
+            return True
+        assert self.lock is not None
+        with self.lock:
+            if self.winner is None:
+                self.winner = "network"
+            return self.winner == "network"
+
+    def wait_local(self) -> Any:
+        """After the network failed while the hedge ran: its result (or its error).
+
+        The tail the fallback would have run anyway is already running: waiting
+        for it is never longer than running it again.
+        """
+        assert self.done is not None and self.lock is not None
+        with self.lock:
+            if self.winner is None:
+                self.winner = "failed"  # the hedge thread leaves the socket alone
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.out
 
 
 def _describe(exc: BaseException) -> str:
@@ -290,6 +575,16 @@ class _Conn:
         with contextlib.suppress(OSError):
             self.sock.close()
 
+    def abort(self) -> None:
+        """Close at once, discarding what is unsent (a reset, not a FIN after the data).
+
+        For a connection given up mid-request: the rest of the request would
+        only load the link, and the late answer is not wanted.
+        """
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close()
+
 
 def _small_payload(payload: W.Payload, what: str) -> bytes:
     """The payload of a control frame (ERROR, HELLO_OK, PROBE_OK): a few KiB at most."""
@@ -302,6 +597,16 @@ def _small_payload(payload: W.Payload, what: str) -> bytes:
 
 # A probe that took longer than this is shrunk for the next time.
 _PROBE_SLOW_S = 0.05
+# Frame bytes of one background probe besides its filler, both directions: an
+# empty PROBE (12) and its PROBE_OK (20), the filler's header (12) and its
+# PROBE_OK (20), and a reconnect's HELLO (12 + 2 + 64) and HELLO_OK (12 + 2 + 64
+# + 8): 230, rounded up.
+_PROBE_OVERHEAD_BYTES = 256
+# Hedge threads per client: hedges whose answer came first cannot be cancelled
+# and finish in the background; at most this many at once.
+_HEDGE_THREADS = 2
+# The prober's thread ends after this long with nothing to do.
+_PROBER_IDLE_S = 30.0
 # Control frames carry a string or two and an integer.
 _MAX_CONTROL_BYTES = 4096
 # Errors after which the server keeps the connection open (docs/protocol.md).
@@ -354,7 +659,46 @@ class Client:
         The longest back-off.
     refresh_s : float
         An estimate whose newest sample is older than this is refreshed by a
-        probe before the next decision (at most one probe per ``refresh_s``).
+        probe (at most one per ``refresh_s``), in the background: the request
+        that notices it is decided at once on the estimate it has. Only a
+        client with no estimate at all probes before its decision.
+    hedge_margin_s : float or None
+        Hedging (default 0.1 s; None: off). An offloaded request whose network
+        part has taken its predicted time (transfer + server + round trip, from
+        the partition at the decision's bandwidth) plus this margin, or whose
+        bytes made no progress for this long while some were outstanding (no
+        acknowledgement from the peer, no answer byte), also starts the tail on
+        the device, in a hedge thread; the first result is returned and the
+        other dropped (``client.last.path``: ``"hedged-local"`` or
+        ``"hedged-offload"``). When the local finish wins the connection is
+        dropped with its late answer, and the estimator gets a censored sample
+        (`BandwidthEstimator.add_censored`), which is not a server failure:
+        no back-off. Bound: once the link stops carrying the request's bytes
+        (an outage) the local finish starts within ``1.125 x hedge_margin_s``
+        of the last byte it carried (exactly ``hedge_margin_s`` after the
+        network part started if it carried none), so such a request takes
+        about the device's head + tail time + ``1.125 x hedge_margin_s``. If
+        every byte of the request was delivered before the outage, only the
+        late rule applies (predicted network time + margin). An answer that
+        comes in time costs no thread and no wake-up.
+    probe_share : float
+        Cost bound of the background probes (default 0.05; 0: off). While the
+        decisions keep everything on the device for want of bandwidth (and
+        ``bandwidth_bps`` is not fixed), a background thread probes the link on
+        a connection of its own, sending at most ``probe_share x
+        min_offload_bps`` bits per second on average, frames of both
+        directions and reconnects counted (``min_offload_bps``: the lowest
+        rate at which any offloading partition beats device-only, the
+        planner's lowest offloading breakpoint; the probe only needs to tell
+        whether the link is above it, so this is at most ``probe_share`` of
+        any link worth offloading to). Each probe is a ping and
+        ``background_probe_bytes`` of filler, every
+        ``background_probe_period_s`` (at least ``probe_interval_s``); one that
+        has not finished by then is abandoned (connection dropped, a censored
+        sample). Requests are never delayed by it.
+    probe_interval_s : float
+        The shortest period of the background probes (default 1 s): a recovery
+        of the link is noticed about one or two periods after it.
     estimator : BandwidthEstimator, optional
         Defaults to a median over 8 samples of the last 30 s.
     graph : LayerGraph, optional
@@ -371,7 +715,24 @@ class Client:
         ``runner(fn)`` runs every device-side computation ``fn()`` (the head, the
         whole model when nothing is offloaded, a local fallback tail) and returns
         its result; default ``fn()``. E.g. a runner that sleeps after each
-        computation emulates a slower device.
+        computation emulates a slower device. With hedging, a request's tail
+        may run in a hedge thread, also while the next request's head runs (a
+        hedge whose server answer came first finishes in the background).
+
+    Attributes
+    ----------
+    min_offload_bps : float
+        The lowest bandwidth at which the planner offloads anything (0: at any;
+        inf: never).
+    background_probe_bytes : int
+        Filler bytes of one background probe.
+    background_probe_period_s : float
+        Seconds between the starts of two background probes.
+    hedges : int
+        Hedges started so far.
+    probe_stats : dict
+        Background probes so far: ``probes`` (started), ``bytes`` (frame bytes
+        sent and received by them, handshakes included), ``abandoned``.
 
     Raises
     ------
@@ -382,7 +743,8 @@ class Client:
     ValueError
         A graph without a program (loaded from JSON); neither ``planner`` nor both
         profiles; profiles or a planner of another graph (or another ``rtt_s``);
-        a bad ``timeout_s`` or ``bandwidth_bps``.
+        a bad ``timeout_s``, ``bandwidth_bps``, ``hedge_margin_s``,
+        ``probe_share`` or ``probe_interval_s``.
 
     Examples
     --------
@@ -408,6 +770,9 @@ class Client:
         retry_s: float = 1.0,
         retry_max_s: float = 60.0,
         refresh_s: float = 10.0,
+        hedge_margin_s: float | None = 0.1,
+        probe_share: float = 0.05,
+        probe_interval_s: float = 1.0,
         estimator: BandwidthEstimator | None = None,
         graph: LayerGraph | None = None,
         planner: Planner | None = None,
@@ -439,6 +804,18 @@ class Client:
                 raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, not {value}")
         if bandwidth_bps is not None and not bandwidth_bps > 0:
             raise ValueError("bandwidth_bps must be > 0 or None")
+        checks: tuple[tuple[str, float | None, str], ...] = (
+            ("hedge_margin_s", hedge_margin_s, "a number of seconds > 0, or None"),
+            ("probe_share", probe_share, "a number in [0, 1]"),
+            ("probe_interval_s", probe_interval_s, "a number of seconds > 0"),
+        )
+        for name, v, ok in checks:
+            if v is None and name == "hedge_margin_s":
+                continue
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                raise TypeError(f"{name} must be {ok}, not {type(v).__name__}")
+            if not math.isfinite(v) or (not 0 <= v <= 1 if name == "probe_share" else not v > 0):
+                raise ValueError(f"{name} must be {ok}, not {v}")
         if device_runner is not None and not callable(device_runner):
             raise TypeError("device_runner must be a callable runner(fn) -> fn()")
         if planner is None and (device_profile is None or server_profile is None):
@@ -499,13 +876,62 @@ class Client:
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
         self.last: RequestRecord | None = None
+        # hedging
+        self.hedge_margin_s = None if hedge_margin_s is None else float(hedge_margin_s)
+        self.hedges = 0
+        self._hedges: _HedgePool | None = None
+        # background probes: their cost bound, size and period
+        self.probe_share = float(probe_share)
+        self.probe_interval_s = float(probe_interval_s)
+        self.min_offload_bps = min(
+            (seg.lo_bps for seg in planner.segments if not seg.on_device.all()), default=math.inf
+        )
+        budget_bps = self.probe_share * self.min_offload_bps
+        if 0 < budget_bps < math.inf:
+            # as large as the budget allows in one interval, but a transfer the
+            # estimator takes as a sample, and no larger than any probe
+            fill = int(budget_bps * self.probe_interval_s / 8) - _PROBE_OVERHEAD_BYTES
+            size = min(max(fill, self.estimator.min_bytes, 1), self.probe_max_bytes)
+            period = max(self.probe_interval_s, 8 * (size + _PROBE_OVERHEAD_BYTES) / budget_bps)
+        else:
+            size, period = 0, math.inf
+        self.background_probe_bytes = size
+        self.background_probe_period_s = period
+        self.probe_stats = {"probes": 0, "bytes": 0, "abandoned": 0}
+        self._probe_cv = threading.Condition(threading.Lock())
+        self._prober: threading.Thread | None = None
+        self._probe_until = 0.0  # background probes wanted until (monotonic)
+        self._probe_refresh = False  # one refresh probe wanted
+        self._probe_stop = False
+        self._probed_bg = False  # a background probe finished since the last decision
+        self._pconn: _Conn | None = None  # the prober's connection (its thread's)
 
     # -- connection ----------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the connection (the next request reconnects)."""
+        """Close the connection (the next request reconnects) and stop the background work.
+
+        The background prober stops (its connection is shut down, which ends a
+        probe under way) and the idle hedge threads end; a hedge still running
+        ends when its tail does. A later request starts them again if needed.
+        """
+        with self._probe_cv:
+            self._probe_stop = True
+            prober, self._prober = self._prober, None
+            pconn = self._pconn
+            self._probe_cv.notify_all()
+        if pconn is not None:
+            with contextlib.suppress(OSError):
+                pconn.sock.shutdown(socket.SHUT_RDWR)
+        if prober is not None and prober is not threading.current_thread():
+            prober.join(self.timeout_s)
+        with self._probe_cv:
+            self._probe_stop = False
         with self._lock:
             self._drop_conn()
+            pool, self._hedges = self._hedges, None
+        if pool is not None:
+            pool.close()
 
     def __enter__(self) -> Client:
         return self
@@ -513,24 +939,35 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _drop_conn(self) -> None:
+    def _drop_conn(self, *, abort: bool = False) -> None:
         if self._conn is not None:
-            self._conn.close()
+            if abort:
+                self._conn.abort()
+            else:
+                self._conn.close()
             self._conn = None
 
-    def _open(self, deadline: float) -> _Conn:
-        """A new connection, handshake done by ``deadline``."""
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("deadline passed before connecting")
-        sock = socket.create_connection(self.address, timeout=left)
+    def _hedge_pool(self) -> _HedgePool:
+        with self._lock:
+            if self._hedges is None:
+                self._hedges = _HedgePool(_HEDGE_THREADS)
+            return self._hedges
+
+    def _open(self, deadline: float, tick: _Hedge | None = None) -> _Conn:
+        """A new connection, handshake done by ``deadline`` (watched by ``tick``)."""
+        if tick is not None:
+            tick.connecting = True  # a connect and a handshake wait on the link alone
+        sock = W.connect(self.address, deadline=deadline, tick=tick)
         try:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = _Conn(sock, self.limits, None)
             hello = [M.encode_hello(self.fingerprint)]
-            W.send_frame(sock, W.MsgType.HELLO, hello, deadline=deadline)
-            kind, payload = conn.reader.frame(deadline=deadline)
+            W.send_frame(sock, W.MsgType.HELLO, hello, deadline=deadline, tick=tick)
+            kind, payload = conn.reader.frame(deadline=deadline, tick=tick)
+            conn.reader.tick = None
+            if tick is not None:
+                tick.connecting = False
             body = _small_payload(payload, kind.name)
             if kind == W.MsgType.ERROR:
                 raise M.decode_error(body, self.limits)
@@ -544,7 +981,7 @@ class Client:
             raise
         return conn
 
-    def _connection(self, deadline: float) -> tuple[_Conn, bool]:
+    def _connection(self, deadline: float, tick: _Hedge | None = None) -> tuple[_Conn, bool]:
         """The open connection, or a new one: (connection, True if just opened).
 
         A connection the server closed while it was idle (its idle timeout, a
@@ -557,7 +994,7 @@ class Client:
             self._drop_conn()
             conn = None
         if conn is None:
-            conn = self._conn = self._open(deadline)
+            conn = self._conn = self._open(deadline, tick)
             self.server_max_frame_bytes = conn.max_frame_bytes
             return conn, True
         return conn, False
@@ -569,6 +1006,7 @@ class Client:
         nbytes: int,
         deadline: float,
         read: Callable[[W.MsgType, W.Payload], Any],
+        tick: _Hedge | None = None,
     ) -> tuple[Any, int, int, float]:
         """Send one frame and read its answer with ``read(kind, payload)``.
 
@@ -576,23 +1014,31 @@ class Client:
         the first byte sent to the last byte received). A connection found dead
         before any byte of the answer arrived (the server closed it between
         requests) is replaced and the frame sent again, once: requests have no
-        side effects on the server, so a resend is safe.
+        side effects on the server, so a resend is safe. ``tick`` (a hedge)
+        watches every wait, the connect and handshake included.
         """
         for attempt in (0, 1):
-            conn, fresh = self._connection(deadline)
+            conn, fresh = self._connection(deadline, tick)
             self._check_frame(nbytes, conn.max_frame_bytes)
+            if tick is not None:
+                tick.bind(conn.sock)
             t1 = time.perf_counter()
             try:
                 conn.reader.frame_started = False
-                sent = W.send_frame(conn.sock, msg_type, parts, deadline=deadline)
-                kind, payload = conn.reader.frame(deadline=deadline)
+                sent = W.send_frame(conn.sock, msg_type, parts, deadline=deadline, tick=tick)
+                kind, payload = conn.reader.frame(deadline=deadline, tick=tick)
             except _STALE_ERRORS:
+                if tick is not None and tick.winner == "local":
+                    raise _LocalWon from None  # the hedge shut the socket down
                 self._drop_conn()
                 if fresh or attempt or conn.reader.frame_started:
                     raise
                 continue
             received = W.HEADER.size + payload.left
-            out = read(kind, payload)
+            try:
+                out = read(kind, payload)
+            finally:
+                conn.reader.tick = None
             conn.used = time.monotonic()
             return out, sent, received, time.perf_counter() - t1
         raise AssertionError("unreachable")
@@ -633,34 +1079,200 @@ class Client:
         pays (not the handshake's: a new connection's first exchange also pays
         for setting it up, in the kernel, in a proxy, in the server). Returns
         None (and backs off) if the server cannot be reached.
+
+        This probe runs on the client's connection, under its lock: requests
+        wait for it. The client calls it itself only when it has no estimate at
+        all; its other probes run in the background (see ``refresh_s`` and
+        ``probe_share``).
         """
         with self._lock:
             self._last_probe = time.monotonic()
             deadline = self._last_probe + self.timeout_s
             try:
-                _, _, _, seconds = self._exchange(
-                    W.MsgType.PROBE, [], 0, deadline, self._read_probe_ok(0)
-                )
-                self.estimator.add_latency(seconds)
-                while True:
-                    size = self._probe_size
-                    _, sent, received, seconds = self._exchange(
-                        W.MsgType.PROBE, [bytes(size)], size, deadline, self._read_probe_ok(size)
-                    )
-                    last = size >= self.probe_max_bytes
-                    if self.estimator.add_transfer(8.0 * (sent + received), seconds, force=last):
-                        if seconds > _PROBE_SLOW_S:  # the link slowed: probe smaller next time
-                            self._probe_size = max(self.probe_bytes, size // 2)
-                        break
-                    if last:
-                        break
-                    # mostly latency: a larger probe next, until its wire time shows
-                    self._probe_size = min(self.probe_max_bytes, 4 * size)
+                self._probe_with(self._exchange, deadline)
             except _NETWORK_ERRORS as e:
                 self._fail(e)
                 return None
             self._failures = 0
             return self.estimator.estimate()
+
+    def _probe_with(
+        self,
+        exchange: Callable[..., tuple[Any, int, int, float]],
+        deadline: float,
+        *,
+        size: int = 0,
+    ) -> None:
+        """A ping (the latency), then filler (a rate sample), through ``exchange``.
+
+        ``size`` 0: start at the size that worked last and grow while the probe
+        is mostly latency (see `probe`); else one probe of ``size`` bytes,
+        recorded even if it is mostly latency (as a lower bound of the rate).
+        """
+        _, _, _, seconds = exchange(W.MsgType.PROBE, [], 0, deadline, self._read_probe_ok(0))
+        self.estimator.add_latency(seconds)
+        while True:
+            n = size or self._probe_size
+            _, sent, received, seconds = exchange(
+                W.MsgType.PROBE, [bytes(n)], n, deadline, self._read_probe_ok(n)
+            )
+            last = bool(size) or n >= self.probe_max_bytes
+            if self.estimator.add_transfer(8.0 * (sent + received), seconds, force=last):
+                if not size and seconds > _PROBE_SLOW_S:  # slow link: smaller next time
+                    self._probe_size = max(self.probe_bytes, n // 2)
+                return
+            if last:
+                return
+            # mostly latency: a larger probe next, until its wire time shows
+            self._probe_size = min(self.probe_max_bytes, 4 * n)
+
+    # -- background probes ---------------------------------------------------------
+
+    def _note_decision(self, partition: Partition, bw: float | None, refresh: bool) -> None:
+        """Start or stop the background probes after a decision.
+
+        A decision that keeps everything on the device for want of bandwidth
+        (estimated, not fixed; the server not backed off) asks for budgeted
+        probes during the estimator's ``max_age_s``; an offloading one stops
+        them, and asks for one refresh probe if the estimate is old.
+        """
+        if partition.offloads:
+            if self._probe_until:
+                self._probe_until = 0.0
+            if refresh:
+                with self._probe_cv:
+                    self._last_probe = time.monotonic()
+                    self._probe_refresh = True
+                    self._wake_prober()
+        elif (
+            bw is not None
+            and self.bandwidth_bps is None
+            and self.background_probe_period_s < math.inf
+            and not self.server_down
+        ):
+            now = time.monotonic()
+            with self._probe_cv:
+                was = self._probe_until
+                self._probe_until = now + self.estimator.max_age_s
+                if was <= now or self._prober is None:
+                    self._wake_prober()
+
+    def _wake_prober(self) -> None:
+        """Start the prober's thread if needed, and wake it (``_probe_cv`` held)."""
+        if self._probe_stop:
+            return
+        if self._prober is None:
+            self._prober = threading.Thread(target=self._probe_loop, name="cic-probe", daemon=True)
+            self._prober.start()
+        self._probe_cv.notify_all()
+
+    def _probe_loop(self) -> None:
+        """The prober's thread: budgeted probes while wanted, refresh probes on demand."""
+        me = threading.current_thread()
+        next_t = 0.0
+        idle_since = time.monotonic()
+        try:
+            while True:
+                with self._probe_cv:
+                    while True:
+                        if self._probe_stop or self._prober is not me:
+                            return
+                        now = time.monotonic()
+                        down = self.server_down
+                        budgeted = now < self._probe_until and not down
+                        if budgeted:
+                            self._probe_refresh = False  # the budgeted probes refresh it
+                            idle_since = now
+                            if now >= next_t:
+                                break
+                            wait = next_t - now
+                        elif self._probe_refresh and not down:
+                            self._probe_refresh = False
+                            break
+                        else:
+                            wait = _PROBER_IDLE_S - (now - idle_since)
+                            if wait <= 0:
+                                self._prober = None
+                                return
+                        # bounded: a back-off that ends is not notified
+                        self._probe_cv.wait(min(wait, 1.0))
+                t = time.monotonic()
+                self._background_probe(budgeted)
+                if budgeted:
+                    next_t = t + self.background_probe_period_s
+                idle_since = time.monotonic()
+        finally:
+            with self._probe_cv:
+                conn, self._pconn = self._pconn, None
+                if self._prober is me:
+                    self._prober = None
+            if conn is not None:
+                conn.close()
+
+    def _background_probe(self, budgeted: bool) -> None:
+        """One probe on the prober's connection; never raises.
+
+        Budgeted: one ``background_probe_bytes`` probe, abandoned (connection
+        reset, censored sample) if not done within ``background_probe_period_s``
+        (or ``timeout_s``). Else a refresh probe like `probe`, within ``timeout_s``.
+        """
+        t = time.monotonic()
+        self._last_probe = t
+        limit = min(self.timeout_s, self.background_probe_period_s) if budgeted else self.timeout_s
+        deadline = t + limit
+        counter = W.Tick()  # never called (at = inf): counts the bytes, sends resumably
+        stats = self.probe_stats
+        stats["probes"] += 1
+
+        def exchange(
+            msg_type: W.MsgType,
+            parts: list[Any],
+            nbytes: int,
+            deadline: float,
+            read: Callable[[W.MsgType, W.Payload], Any],
+        ) -> tuple[Any, int, int, float]:
+            conn = self._pconn
+            if conn is not None and conn.stale():
+                conn.close()
+                conn = None
+            if conn is None:
+                conn = self._open(deadline)
+                with self._probe_cv:
+                    self._pconn = conn
+                stats["bytes"] += 2 * (2 * W.HEADER.size + 2 + len(self.fingerprint)) + 8
+                counter.sent = counter.received = 0
+            self._check_frame(nbytes, conn.max_frame_bytes)
+            t1 = time.perf_counter()
+            sent = W.send_frame(conn.sock, msg_type, parts, deadline=deadline, tick=counter)
+            kind, payload = conn.reader.frame(deadline=deadline, tick=counter)
+            received = W.HEADER.size + payload.left
+            try:
+                out = read(kind, payload)
+            finally:
+                conn.reader.tick = None
+            stats["bytes"] += sent + received
+            return out, sent, received, time.perf_counter() - t1
+
+        try:
+            size = self.background_probe_bytes if budgeted else 0
+            self._probe_with(exchange, deadline, size=size)
+        except _NETWORK_ERRORS as e:
+            with self._probe_cv:
+                conn, self._pconn = self._pconn, None
+            unacked = None if conn is None else _unacked(conn.sock)
+            if conn is not None:
+                conn.abort()
+            if isinstance(e, TimeoutError):
+                # a slow or dead link, not a failed server: a censored sample
+                stats["abandoned"] += 1
+                delivered = counter.received + max(0, counter.sent - (unacked or 0))
+                self.estimator.add_censored(8.0 * delivered, time.monotonic() - t)
+                stats["bytes"] += delivered
+            elif not self._probe_stop:
+                with self._lock:
+                    self._fail(e, keep=True)
+            return
+        self._probed_bg = True
 
     def _read_probe_ok(self, n: int) -> Callable[[W.MsgType, W.Payload], None]:
         def read(kind: W.MsgType, payload: W.Payload) -> None:
@@ -735,25 +1347,31 @@ class Client:
     def decide(self) -> tuple[Partition, float | None, bool]:
         """The partition for the next request: (partition, bandwidth used, probed).
 
-        Probes first when there is no estimate, or when its newest sample (or
-        the round trip it subtracts) is older than ``refresh_s`` or its window
-        (at most one probe per ``refresh_s``: a client
-        whose decisions send nothing learns that the link recovered, at a cost
-        of ``probe_bytes`` per ``refresh_s``).
+        Probes first (synchronously, see `probe`) only when there is no
+        estimate. An estimate whose newest sample (or the round trip it
+        subtracts) is older than ``refresh_s`` gets a refresh probe in the
+        background (at most one per ``refresh_s``), and a decision that keeps
+        everything on the device starts the budgeted background probes (see
+        ``probe_share``): neither delays this request. ``probed`` is also True
+        when a background probe finished since the previous decision.
         """
-        probed = False
+        probed, self._probed_bg = self._probed_bg, False
+        refresh = False
         bw = self.bandwidth_bps
         if bw is None:
             bw = self.estimator.estimate()
-            now = time.monotonic()
-            age = self.estimator.age_s()
-            old = (age is not None and age > self.refresh_s) or self.estimator.latency_s() is None
-            stale = bw is None or (old and now - self._last_probe >= self.refresh_s)
-            if stale and not self.server_down:
-                fresh = self.probe()
-                probed = fresh is not None
-                bw = fresh if fresh is not None else bw
-        return self._decide_at(bw), bw, probed
+            if bw is None:
+                if not self.server_down:
+                    bw = self.probe()
+                    probed = probed or bw is not None
+            elif time.monotonic() - self._last_probe >= self.refresh_s:
+                age = self.estimator.age_s()
+                refresh = (age is not None and age > self.refresh_s) or (
+                    self.estimator.latency_s() is None
+                )
+        partition = self._decide_at(bw)
+        self._note_decision(partition, bw, refresh)
+        return partition, bw, probed
 
     def _decide_at(self, bw: float | None) -> Partition:
         if bw is None or self.server_down:
@@ -820,21 +1438,39 @@ class Client:
                 return self._local(tail, sent, partition, bw, probed, t_start, t0, str(e))
             device_s = time.perf_counter() - t0
             # timeout_s bounds the whole network part: connect, handshake, send, answer
-            deadline = time.monotonic() + self.timeout_s
+            t_net = time.monotonic()
+            deadline = t_net + self.timeout_s
+            hedge = None
+            if self.hedge_margin_s is not None:
+                # the late rule needs a prediction, which needs a bandwidth
+                net_s = partition.transfer_s + partition.server_s + partition.rtt_s
+                hedge = _Hedge(
+                    self, tail, sent, self.hedge_margin_s, net_s if bw else math.inf, t_net
+                )
             try:
                 (got_id, server_s, out), frame_bytes, reply_bytes, seconds = self._exchange(
-                    W.MsgType.INFER, parts, nbytes, deadline, self._read_result
+                    W.MsgType.INFER, parts, nbytes, deadline, self._read_result, hedge
                 )
                 if got_id != request_id:
                     raise W.ProtocolError(W.ErrorCode.BAD_FRAME, "answer to another request")
-            except W.RemoteError as e:
-                # the server refused this request but keeps the connection
-                keep = e.code in _KEEPS_CONNECTION or e.code == W.ErrorCode.BUSY
-                err = self._fail(e, keep=keep)
-                return self._local(tail, sent, partition, bw, probed, t_start, t0, err)
+            except _LocalWon:
+                assert hedge is not None
+                return self._hedged_local(hedge, partition, bw, probed, t_start, device_s)
             except _NETWORK_ERRORS as e:
-                err = self._fail(e)
+                if hedge is not None and hedge.winner == "local":  # its shutdown woke us
+                    return self._hedged_local(hedge, partition, bw, probed, t_start, device_s)
+                # a refused request (BUSY, BAD_PARTITION, ...) keeps the connection
+                keep = isinstance(e, W.RemoteError) and (
+                    e.code in _KEEPS_CONNECTION or e.code == W.ErrorCode.BUSY
+                )
+                err = self._fail(e, keep=keep)
+                if hedge is not None and hedge.started:
+                    out = hedge.wait_local()  # the tail is running already
+                    self.last = _local_record(partition, True, bw, probed, t_start, t0, err)
+                    return out
                 return self._local(tail, sent, partition, bw, probed, t_start, t0, err)
+            if hedge is not None and not hedge.claim_network():
+                return self._hedged_local(hedge, partition, bw, probed, t_start, device_s)
             self._failures = 0
             t3 = time.perf_counter()
             transfer_s = max(seconds - server_s, 0.0)
@@ -850,8 +1486,54 @@ class Client:
                 total_s=t3 - t_start,
                 probed=probed,
                 done_s=t3,
+                path="hedged-offload" if hedge is not None and hedge.started else "offload",
+                predicted_s=partition.latency_s,
             )
             return out
+
+    def _hedged_local(
+        self,
+        hedge: _Hedge,
+        partition: Partition,
+        bw: float | None,
+        probed: bool,
+        t_start: float,
+        device_s: float,
+    ) -> Any:
+        """The local finish won: drop the connection with its late answer; a censored sample.
+
+        No back-off: a late answer or a stalled link is not a failed server, and
+        the censored sample already keeps the next decisions off a slow link.
+        """
+        delivered = hedge.delivered()  # before the socket goes
+        elapsed = time.monotonic() - hedge.t0
+        self._drop_conn(abort=True)
+        self.estimator.add_censored(8.0 * delivered, elapsed)
+        if hedge.inline:  # no hedge thread was free: the tail runs here
+            tail, tensors = hedge.tail, hedge.tensors
+            hedge.tail = hedge.tensors = None
+            t = time.perf_counter()
+            out = self._device(lambda: tail(tensors))
+            local_s = time.perf_counter() - t
+        else:
+            out, local_s = hedge.out, hedge.local_s
+        t3 = time.perf_counter()
+        self.last = RequestRecord(
+            partition=partition,
+            fallback=True,
+            bytes_sent=0,
+            bandwidth_estimate_bps=bw,
+            device_s=device_s + local_s,
+            transfer_s=hedge.t_hedge - hedge.t0,
+            server_s=0.0,
+            total_s=t3 - t_start,
+            probed=probed,
+            error=f"hedged: {hedge.reason}",
+            done_s=t3,
+            path="hedged-local",
+            predicted_s=partition.latency_s,
+        )
+        return out
 
     @staticmethod
     def _check_frame(nbytes: int, limit: int | None) -> None:
@@ -942,6 +1624,11 @@ class Client:
         (``fallback=True``), none is lost or answered twice, and later frames
         reconnect once ``retry_s`` has passed. Every answer is the model's output.
         Every wait is bounded by ``timeout_s`` without progress of the connection.
+        Frames are not hedged (``hedge_margin_s`` applies to `infer` and
+        `infer_partition`): in a pipeline a frame's answer waits behind the
+        earlier ones by design, so lateness would need a per-frame prediction
+        of that queue; ``path`` is ``"offload"``, ``"local"`` or
+        ``"fallback-local"``.
 
         Parameters
         ----------
@@ -1003,6 +1690,7 @@ class Client:
                 bw_last = bw
                 if forced is None:
                     partition = self._decide_at(bw)
+                    self._note_decision(partition, bw, False)
                 else:
                     partition = self._price(forced, bw)
                 job = _Job(partition, bw, probed, t_start)
@@ -1076,6 +1764,8 @@ class Client:
             probed=job.probed,
             error=error,
             done_s=t,
+            path="fallback-local" if fallback else "local",
+            predicted_s=job.partition.latency_s,
         )
         job.sent = job.tail = None
         job.done.set()
@@ -1144,6 +1834,8 @@ class Client:
                     total_s=job.t_recv - job.t_start,
                     probed=job.probed,
                     done_s=job.t_recv,
+                    path="offload",
+                    predicted_s=job.partition.latency_s,
                 )
                 job.sent = job.tail = None
         record = job.record

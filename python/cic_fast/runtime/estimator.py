@@ -8,6 +8,11 @@ bytes by the whole time measures latency, not bandwidth (a 4 KiB frame on a
 cost, measured on exchanges too small to take any wire time (an empty probe),
 and takes it off each transfer before dividing; a transfer that is still mostly
 that fixed cost is not a sample at all (it only says that the link is fast).
+
+A transfer the client gave up on (it stalled, or its answer was late and the
+device finished first) is a *censored* sample: it says only that the link did not
+carry more than what it delivered in the time it was given (see
+`BandwidthEstimator.add_censored`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ class BandwidthEstimator:
     (it needs ``change_samples`` in a row); a real step of more than that ratio
     does, after ``change_samples`` transfers.
 
+    A censored sample (`add_censored`, a transfer abandoned before it finished)
+    that is below the estimate replaces every sample at once: the next decision
+    already sees the slow link. A later sample above it drops it again (the link
+    then carries more than that bound allowed: the bound is out of date).
+
     Parameters
     ----------
     window : int
@@ -55,6 +65,10 @@ class BandwidthEstimator:
     -----
     Thread-safe: a client shared by threads adds samples from all of them.
     """
+
+    #: The rate a censored sample of nothing delivered is recorded as (bits/s):
+    #: positive, so that a decision can be made at it.
+    MIN_BPS = 1.0
 
     def __init__(
         self,
@@ -79,7 +93,9 @@ class BandwidthEstimator:
         self.min_bytes = int(min_bytes)
         self.min_share = float(min_share)
         self.min_seconds = float(min_seconds)
-        self._samples: deque[tuple[float, float]] = deque(maxlen=window)
+        # (time, bits/s, censored)
+        self._samples: deque[tuple[float, float, bool]] = deque(maxlen=window)
+        self._censored = False  # any censored sample among them
         self._latency: deque[tuple[float, float]] = deque(maxlen=window)
         self._lock = threading.Lock()
 
@@ -94,14 +110,52 @@ class BandwidthEstimator:
         ):
             return
         t = time.monotonic() if now is None else now
+        bps = bits / seconds
         with self._lock:
-            self._samples.append((t, bits / seconds))
+            if self._censored:
+                # a bound this sample exceeds is out of date: the link got faster
+                kept = [s for s in self._samples if not (s[2] and s[1] < bps)]
+                self._samples.clear()
+                self._samples.extend(kept)
+                self._censored = any(c for _, _, c in kept)
+            self._samples.append((t, bps, False))
             self._follow_step(t)
+
+    def add_censored(self, bits: float, seconds: float, *, now: float | None = None) -> bool:
+        """Record a transfer abandoned after ``seconds`` having delivered ``bits``.
+
+        The link carried only ``bits`` in ``seconds`` while it had bytes to carry
+        (it stalled, or the answer was late): its rate now is at most about
+        ``bits / seconds`` (up to one round trip of bytes still in flight). Below
+        the current estimate (or without one), it replaces every sample, so the
+        very next decision sees the slow link: one stalled request is enough to
+        stop offloading into an outage (the step rule would need
+        ``change_samples`` of them, each paying the stall). At or above the
+        estimate it says nothing new and is ignored. A rate of 0 (nothing
+        delivered) is recorded as `MIN_BPS`.
+
+        Returns
+        -------
+        bool
+            True if it was recorded.
+        """
+        if not (0 < seconds < math.inf and 0 <= bits < math.inf):
+            return False
+        t = time.monotonic() if now is None else now
+        bps = max(bits / seconds, self.MIN_BPS)
+        with self._lock:
+            recent = [r for when, r, _ in self._samples if t - when <= self.max_age_s]
+            if recent and bps >= statistics.median(recent):
+                return False
+            self._samples.clear()
+            self._samples.append((t, bps, True))
+            self._censored = True
+        return True
 
     def _follow_step(self, t: float) -> None:
         """Drop the older samples when the newest ones show a step (lock held)."""
         k = self.change_samples
-        recent = [bps for when, bps in self._samples if t - when <= self.max_age_s]
+        recent = [bps for when, bps, _ in self._samples if t - when <= self.max_age_s]
         if len(recent) <= k:
             return
         base = statistics.median(recent[:-k])
@@ -157,7 +211,7 @@ class BandwidthEstimator:
         """The bandwidth in bits per second, or None without recent samples."""
         t = time.monotonic() if now is None else now
         with self._lock:
-            recent = [bps for when, bps in self._samples if t - when <= self.max_age_s]
+            recent = [bps for when, bps, _ in self._samples if t - when <= self.max_age_s]
         return statistics.median(recent) if recent else None
 
     def age_s(self, *, now: float | None = None) -> float | None:
@@ -171,6 +225,7 @@ class BandwidthEstimator:
         with self._lock:
             self._samples.clear()
             self._latency.clear()
+            self._censored = False
 
     def __len__(self) -> int:
         with self._lock:

@@ -24,7 +24,9 @@ to convert tensors).
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import select
 import socket
 import struct
@@ -52,6 +54,8 @@ __all__ = [
     "RemoteError",
     "SocketReader",
     "TensorCheck",
+    "Tick",
+    "connect",
     "dtype_name",
     "encode_string",
     "encode_tensors",
@@ -228,6 +232,110 @@ def frame_header(msg_type: int, length: int) -> bytes:
     return HEADER.pack(MAGIC, VERSION, int(msg_type), 0, length)
 
 
+class Tick:
+    """A hook that a blocking send, receive or connect calls when its wait passes an instant.
+
+    Given as ``tick=`` to `send_frame`, `SocketReader.frame` or `connect` (always
+    with a deadline), it lets the caller watch a request while the request's own
+    thread waits on the socket, without another thread and without losing track
+    of the frame: each blocking call waits at most until ``at`` (a
+    `time.monotonic` instant), then calls the tick and goes on where it stopped
+    (sends are a loop over ``sock.send``, so the count of bytes that went out is
+    exact). A wait that ends before ``at`` (an answer that is in time) never calls
+    it: the hook costs one comparison per blocking call.
+
+    Attributes
+    ----------
+    at : float
+        When to call the tick next; ``math.inf``: never. `__call__` must move it
+        forward (or raise).
+    sent : int
+        Bytes the socket accepted from `send_frame` calls made with this tick.
+    received : int
+        Bytes received through `SocketReader` reads made with this tick.
+    sock : socket.socket or None
+        The socket `connect` made with this tick, set before it connects (so that
+        another thread can end the wait by shutting it down).
+    """
+
+    def __init__(self) -> None:
+        self.at = math.inf
+        self.sent = 0
+        self.received = 0
+        self.sock: socket.socket | None = None
+
+    def __call__(self) -> None:
+        """Called once the wait has passed ``at``; may raise to abort the wait.
+
+        The default never calls again.
+        """
+        self.at = math.inf
+
+
+def _ms(seconds: float) -> int:
+    """A poll(2) timeout in whole milliseconds, rounded up (so it never wakes early)."""
+    return max(0, math.ceil(seconds * 1000.0))
+
+
+def connect(
+    address: tuple[str, int], *, deadline: float, tick: Tick | None = None
+) -> socket.socket:
+    """A TCP connection to ``address`` (a blocking socket), connected by ``deadline``.
+
+    Without ``tick``, `socket.create_connection` with what is left of the deadline.
+    With one, a non-blocking connect whose wait calls ``tick`` (see `Tick`) at
+    ``tick.at``; ``tick.sock`` is set to the socket before it connects. Tries each
+    address ``getaddrinfo`` gives, like `socket.create_connection`.
+
+    Raises
+    ------
+    TimeoutError
+        The deadline passed.
+    OSError
+        Refused, unreachable, ...; or whatever ``tick`` raised.
+    """
+    left = deadline - time.monotonic()
+    if left <= 0.0:
+        raise TimeoutError("timed out: deadline passed before connecting")
+    if tick is None:
+        return socket.create_connection(address, timeout=left)
+    host, port = address
+    error: OSError | None = None
+    for af, kind, proto, _, sa in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        sock = socket.socket(af, kind, proto)
+        try:
+            tick.sock = sock
+            sock.setblocking(False)
+            rc = sock.connect_ex(sa)
+            if rc not in (0, errno.EINPROGRESS, errno.EAGAIN):
+                raise OSError(rc, os.strerror(rc))
+            poller = select.poll()
+            poller.register(sock, select.POLLOUT)
+            while rc != 0:
+                now = time.monotonic()
+                if now >= deadline:
+                    raise TimeoutError("timed out: deadline passed while connecting")
+                if tick.at <= now:
+                    tick()
+                    continue
+                if poller.poll(_ms(min(deadline, tick.at) - now)):
+                    rc = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if rc:
+                        raise OSError(rc, os.strerror(rc))
+                    break
+            sock.setblocking(True)
+            return sock
+        except OSError as e:
+            sock.close()
+            if isinstance(e, TimeoutError):
+                raise
+            error = e
+        except BaseException:
+            sock.close()
+            raise
+    raise error if error is not None else OSError(f"no address for {host!r}")
+
+
 class _Deadline:
     """Sets a socket's timeout to what is left of a deadline before each blocking call.
 
@@ -268,6 +376,7 @@ def send_frame(
     parts: Sequence[Any] = (),
     *,
     deadline: float | None = None,
+    tick: Tick | None = None,
 ) -> int:
     """Send one frame whose payload is the concatenation of ``parts`` (bytes-like).
 
@@ -276,6 +385,9 @@ def send_frame(
     deadline : float, optional
         A `time.monotonic` instant by which the whole frame must be written
         (TimeoutError otherwise); None: the socket's own timeout applies.
+    tick : Tick, optional
+        Called whenever a wait for the socket passes ``tick.at`` (with a deadline
+        only); the bytes the socket accepts are added to ``tick.sent``.
 
     Returns
     -------
@@ -285,6 +397,11 @@ def send_frame(
     views = [memoryview(p).cast("B") for p in parts]
     length = sum(v.nbytes for v in views)
     head = frame_header(msg_type, length)
+    if tick is not None:
+        if deadline is None:
+            raise ValueError("send_frame: a tick needs a deadline")
+        _send_ticking(sock, head, views, deadline, tick)
+        return HEADER.size + length
     with _Deadline(sock, deadline, "sending a frame") as dl:
         small = [v for v in views if v.nbytes < 65536]
         if len(small) == len(views):
@@ -306,6 +423,48 @@ def send_frame(
                 dl.arm()
                 sock.sendall(b"".join(pending))
     return HEADER.size + length
+
+
+def _send_ticking(
+    sock: socket.socket, head: bytes, views: list[memoryview], deadline: float, tick: Tick
+) -> None:
+    """`send_frame` with a tick: a loop over ``sock.send``, resumable after each wait.
+
+    Small parts go out joined with their neighbours (as in `send_frame`), large
+    ones from their own memory. ``sock.send`` either times out having sent nothing
+    or returns the count it sent, so a wake-up at ``tick.at`` never loses a byte.
+    """
+    bufs: list[Any] = []
+    pending: list[Any] = [head]
+    for v in views:
+        if v.nbytes < 65536:
+            pending.append(v)
+            continue
+        bufs += [b"".join(pending), v]
+        pending = []
+    if pending:
+        bufs.append(b"".join(pending))
+    saved = sock.gettimeout()
+    try:
+        for buf in bufs:
+            view = memoryview(buf).cast("B")
+            off, n = 0, view.nbytes
+            while off < n:
+                now = time.monotonic()
+                if now >= deadline:
+                    raise TimeoutError("timed out: deadline passed while sending a frame")
+                if tick.at <= now:
+                    tick()
+                    continue
+                sock.settimeout(min(deadline, tick.at) - now)
+                try:
+                    k = sock.send(view[off:])
+                except TimeoutError:
+                    continue  # nothing sent: the loop's top calls the tick or times out
+                off += k
+                tick.sent += k
+    finally:
+        sock.settimeout(saved)
 
 
 # Payloads up to this size get their buffer at once; larger ones grow as bytes
@@ -565,6 +724,7 @@ class SocketReader:
         self._lo = 0
         self._hi = 0
         self.deadline: float | None = None
+        self.tick: Tick | None = None
         self.frame_started = False
         self._poller: Any = None
 
@@ -587,7 +747,11 @@ class SocketReader:
         return bool(self._poller.poll(max(0.0, timeout_s) * 1000.0))
 
     def frame(
-        self, *, deadline: float | None = None, max_payload: int | None = None
+        self,
+        *,
+        deadline: float | None = None,
+        max_payload: int | None = None,
+        tick: Tick | None = None,
     ) -> tuple[MsgType, _SocketPayload]:
         """Read and validate the next frame's header; return its type and payload.
 
@@ -600,6 +764,10 @@ class SocketReader:
             timeout applies to each read.
         max_payload : int, optional
             A tighter bound for this frame, TOO_LARGE above it.
+        tick : Tick, optional
+            Called whenever a wait for this frame's bytes (its header, and every
+            read through the returned payload) passes ``tick.at``; the bytes
+            received are added to ``tick.received``. Needs a deadline.
 
         Raises
         ------
@@ -610,7 +778,10 @@ class SocketReader:
         ProtocolError, TimeoutError
             See :func:`parse_header`; the deadline.
         """
+        if tick is not None and deadline is None:
+            raise ValueError("SocketReader.frame: a tick needs a deadline")
         self.deadline = deadline
+        self.tick = tick
         self.frame_started = False
         head = bytes(self._small(HEADER.size, "frame header"))
         kind, length = parse_header(head, self.limits)
@@ -624,17 +795,30 @@ class SocketReader:
     # -- raw reads, for the payload of the current frame (which keeps to its length) ---
 
     def _recv_into(self, view: memoryview, what: str, got: int, n: int) -> int:
-        if self.deadline is not None:
-            left = self.deadline - time.monotonic()
-            if left <= 0.0:
-                raise TimeoutError(f"timed out: deadline passed while receiving the {what}")
-            self.sock.settimeout(left)
-        try:
-            k = self.sock.recv_into(view)
-        except TimeoutError:
-            if self.deadline is None:
-                raise
-            raise TimeoutError(f"timed out: deadline passed while receiving the {what}") from None
+        tick = self.tick
+        while True:
+            if self.deadline is not None:
+                now = time.monotonic()
+                left = self.deadline - now
+                if left <= 0.0:
+                    raise TimeoutError(f"timed out: deadline passed while receiving the {what}")
+                if tick is not None and tick.at - now < left:
+                    if tick.at <= now:
+                        tick()
+                        continue
+                    left = tick.at - now
+                self.sock.settimeout(left)
+            try:
+                k = self.sock.recv_into(view)
+                break
+            except TimeoutError:
+                if self.deadline is None:
+                    raise
+                # recv either times out with nothing or returns what it read: the
+                # loop's top calls the tick, or raises if the deadline has passed
+                continue
+        if tick is not None:
+            tick.received += k
         if k == 0:
             if not self.frame_started and got == 0:
                 raise EOFError("connection closed")
