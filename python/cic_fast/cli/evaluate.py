@@ -75,6 +75,12 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--rates rate and say whether the Planner's choice was the measured fastest "
         '(within 5%%); DIR/results.json gains "plan_checks"',
     )
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="with --trace or --plan-check: keep the device profile at host x F instead of "
+        "scaling it to device-only as timed on the emulated device",
+    )
     t = p.add_argument_group(
         "trace replay",
         "With --trace, each method runs for --duration-s seconds per model and trace while "
@@ -168,6 +174,7 @@ def _run_traces(args: argparse.Namespace) -> int:
         profile_repeats=args.profile_repeats,
         timeout_s=args.timeout_s,
         plot=not args.no_plot,
+        calibrate=not args.no_calibrate,
     )
     table = format_trace_table(runs)
     (out / "trace_results.md").write_text(table + "\n")
@@ -198,6 +205,7 @@ def _run_plan_check(args: argparse.Namespace, rates: list[float]) -> int:
         max_predicted_s=args.max_predicted_s,
         profile_repeats=args.profile_repeats,
         timeout_s=args.timeout_s,
+        calibrate=not args.no_calibrate,
     )
     lines = [
         "| model | Mbit/s | partitions run | chosen ms (pred) | fastest ms | chosen/fastest "

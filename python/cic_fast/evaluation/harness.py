@@ -216,6 +216,7 @@ class _Rig:
         self.worker_cfg = worker_cfg
         self.say = say
         self.proxy: Any = None
+        self.calibration: dict[str, Any] | None = None
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> _Rig:
@@ -329,6 +330,26 @@ class _Rig:
         self._stack.callback(self.worker.stop)
         # set-up (imports, trace, warm-up requests) runs at full speed and link rate
         ready = json.loads(self.worker.readline(t + 600.0))
+        if ready.get("calibrate"):
+            from cic_fast.evaluation.device import CpuQuota
+
+            # device-only timed on the emulated device (see DeviceWorker.calibrate)
+            if lab.dev_cg is not None:
+                lab.dev_cg.join(int(ready["pid"]))
+            self.worker.send({"go": True})
+            self.calibration = json.loads(self.worker.readline(t + 600.0))
+            if lab.dev_cg is not None:
+                CpuQuota.leave(int(ready["pid"]))
+            self.worker.send({"go": True})
+            c = self.calibration
+            if "error" in c:
+                raise RuntimeError(f"{self.name}: device calibration failed: {c['error']}")
+            self.say(
+                f"{self.name}: device-only on the emulated device {1e3 * c['device_only_s']:.0f}"
+                f" ms, profile x F predicts {1e3 * c['predicted_s']:.0f} ms: device profile"
+                f" scaled by {c['scale']:.2f}"
+            )
+            ready = json.loads(self.worker.readline(t + 600.0))
         if "error" in ready:
             raise RuntimeError(f"{self.name}: worker set-up failed: {ready['error']}")
         self.ready = ready
@@ -535,6 +556,7 @@ def evaluate_traces(
     profile_repeats: int = 3,
     timeout_s: float = 120.0,
     plot: bool = True,
+    calibrate: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Replay bandwidth traces on the link and measure each method over them.
@@ -577,6 +599,11 @@ def evaluate_traces(
         See :func:`evaluate`.
     plot : bool
         Write one PNG per run (``trace_<model>_<trace>.png``).
+    calibrate : bool
+        Time device-only on the emulated device before the runs and scale the
+        device profile so that the cost model predicts it
+        (`cic_fast.evaluation.worker.DeviceWorker.calibrate`; the factor is in
+        each run's ``device_scale``).
 
     Returns
     -------
@@ -629,6 +656,7 @@ def evaluate_traces(
         worker_cfg: dict[str, Any] = {
             "timeout_s": timeout_s,
             "trace_mode": True,
+            "calibrate": calibrate,
             "hedge_margin_s": hedge_margin_s,
             "warm_rates_bps": sorted({float(r) for _, t in loaded for r in t.rates_bps if r > 0}),
         }
@@ -660,6 +688,7 @@ def evaluate_traces(
                         "fps": fps,
                         "deadline_s": deadline_s,
                         "trace_mean_bps": trace.mean_bps,
+                        "device_scale": rig.ready.get("device_scale", 1.0),
                         "methods": {},
                     }
                     for method in methods:
@@ -716,6 +745,7 @@ def check_plan(
     profile_repeats: int = 3,
     timeout_s: float = 120.0,
     tolerance: float = 0.05,
+    calibrate: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Is the cost model right? Measure every partition of the plan on fixed links.
@@ -725,7 +755,8 @@ def check_plan(
     Planner's choice at that rate was the measured fastest within ``tolerance``
     (its median at most ``1 + tolerance`` times the fastest median).
 
-    Parameters are those of :func:`evaluate`; ``tolerance`` is the 5 % above.
+    Parameters are those of :func:`evaluate`; ``tolerance`` is the 5 % above;
+    ``calibrate`` as in :func:`evaluate_traces`.
 
     Returns
     -------
@@ -757,6 +788,7 @@ def check_plan(
             "requests": requests,
             "max_predicted_s": max_predicted_s,
             "timeout_s": max(timeout_s, 3 * max_predicted_s),
+            "calibrate": calibrate,
         }
         for spec in models:
             with _Rig(
@@ -787,6 +819,7 @@ def check_plan(
                         "device_slowdown": lab.f,
                         "server_speedup": lab.s,
                         "input_dtype": input_dtype,
+                        "device_scale": rig.ready.get("device_scale", 1.0),
                         "partitions": parts,
                         "chosen_s": c,
                         "fastest_s": fastest,

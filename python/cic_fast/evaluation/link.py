@@ -64,6 +64,20 @@ class TokenBucketLink:
         Extra round-trip delay (half each way).
     timeout_s : float
         Socket timeout of every forwarded connection.
+    rcvbuf : int, optional
+        ``SO_RCVBUF`` of the proxy's client-facing sockets, in bytes (Linux
+        doubles it). The kernel's default (autotuned up to megabytes) acknowledges
+        a sender's bytes as soon as the proxy's buffer takes them, long before
+        the emulated link carries them; a small buffer makes the sender's
+        unacknowledged bytes (``SIOCOUTQ``) follow the emulated link as over a
+        real one: the proxy then holds at most about twice ``rcvbuf`` plus one
+        ``chunk`` of acknowledged bytes. None: the kernel's default.
+
+    Attributes
+    ----------
+    bytes_up, bytes_down : int
+        Bytes forwarded so far toward ``upstream`` and back (serialized on the
+        emulated link), all connections together.
     """
 
     # How long close() waits, in all, for the proxy's threads once it has woken them
@@ -80,16 +94,24 @@ class TokenBucketLink:
         chunk: int = 16384,
         rtt_s: float = 0.0,
         timeout_s: float = 30.0,
+        rcvbuf: int | None = None,
     ) -> None:
         if not rate_bps > 0 or chunk < 1 or rtt_s < 0 or not timeout_s > 0:
             raise ValueError("rate_bps > 0, chunk >= 1, rtt_s >= 0 and timeout_s > 0 required")
+        if rcvbuf is not None and not (isinstance(rcvbuf, int) and rcvbuf > 0):
+            raise ValueError("rcvbuf must be a positive int or None")
         self.upstream = upstream
         self.rate_bps = float(rate_bps)
         self.chunk = int(chunk)
         self.rtt_s = float(rtt_s)
         self.timeout_s = float(timeout_s)
         self.lsock = socket.create_server(("127.0.0.1", 0))
+        if rcvbuf is not None:
+            # accepted sockets inherit it (and their window scale is chosen from it)
+            self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.lsock.settimeout(0.2)
+        self.bytes_up = 0
+        self.bytes_down = 0
         host, port = self.lsock.getsockname()[:2]
         self.address = (str(host), int(port))
         self._stop = threading.Event()
@@ -165,10 +187,10 @@ class TokenBucketLink:
                     b.close()
                     return
                 self._socks += [a, b]
-                for src, dst in ((a, b), (b, a)):
-                    self._spawn(self._pump, src, dst)
+                for src, dst, up in ((a, b, True), (b, a, False)):
+                    self._spawn(self._pump, src, dst, up)
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
         # A reader serializes each chunk at the rate of the moment (waiting as it
         # goes), piece by piece, and stamps each piece with the time it arrives at the
         # far end: the end of its serialization plus the one-way propagation delay
@@ -197,6 +219,11 @@ class TokenBucketLink:
                     clock = done
                     piece = data[off : off + n]
                     off += n
+                    with self._lock:
+                        if up:
+                            self.bytes_up += n
+                        else:
+                            self.bytes_down += n
                     while not self._stop.is_set():
                         with contextlib.suppress(queue.Full):
                             chunks.put((clock + self.rtt_s / 2, piece), timeout=0.2)

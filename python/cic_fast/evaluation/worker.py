@@ -73,13 +73,10 @@ class DeviceWorker:
     def __init__(self, cfg: dict[str, Any]) -> None:
         import torch
 
-        from cic_fast.core.baselines import Neurosurgeon
         from cic_fast.core.graph import min_cut
-        from cic_fast.core.planner import Planner
         from cic_fast.frontend.models import load_model, random_inputs
         from cic_fast.frontend.profiling import Profile
         from cic_fast.frontend.tracing import trace
-        from cic_fast.runtime.client import Client
 
         torch.set_num_threads(int(cfg.get("threads", 1)))
         self.cfg = cfg
@@ -90,30 +87,54 @@ class DeviceWorker:
         self.x = random_inputs(cfg["model"], shape, input_dtype=dtype, seed=seed)[0]
         # traced once; every later stage is handed the graph or the planner
         self.graph = trace(self.model, self.x)
-        dev = Profile.load(cfg["device_profile"], self.graph)
-        srv = Profile.load(cfg["server_profile"], self.graph)
+        self._dev_profile = Profile.load(cfg["device_profile"], self.graph)
+        self._srv_profile = Profile.load(cfg["server_profile"], self.graph)
         self.rtt_s = float(cfg.get("rtt_s", 0.0))
         self.add_rtt_s = float(cfg.get("add_rtt_s", 0.0))
-        g = self.graph
+        self._min_cut = min_cut
+        self.trace_mode = bool(cfg.get("trace_mode", False))
+        self.device_scale = 1.0
+        self._build(1.0)
+        self.frames = [self.x] + [
+            random_inputs(cfg["model"], shape, input_dtype=dtype, seed=seed + k)[0]
+            for k in range(1, TRACE_FRAMES)
+        ]
+        with torch.inference_mode():
+            self.refs = [_leaves(self.model(f)) for f in self.frames]
+        self.requests = int(cfg.get("requests", 3))
+        self.stream_frames = int(cfg.get("stream_frames", 4))
+        self.max_predicted_s = float(cfg.get("max_predicted_s", 12.0))
+        self._device_only: tuple[list[float], float, int] | None = None
+
+    def _build(self, device_scale: float) -> None:
+        """The decisions and the Client, with the device profile times ``device_scale``."""
+        from cic_fast.core.baselines import Neurosurgeon
+        from cic_fast.core.planner import Planner
+        from cic_fast.runtime.client import Client
+
+        cfg, g = self.cfg, self.graph
+        dev = self._dev_profile if device_scale == 1.0 else self._dev_profile.scaled(device_scale)
+        srv = self._srv_profile
+        self.device_scale = float(device_scale)
         self.planner = Planner.from_profiles(g, dev, srv, rtt_s=self.rtt_s)
         self.core = self.planner.graph
         self.neuro = Neurosurgeon(
             g.edges, dev.seconds, srv.seconds, g.out_bytes, g.inputs, self.rtt_s
         )
-        self._min_cut = min_cut
         runner = None
         if cfg.get("slowdown_method") == "sleep":
             runner = slowed_runner(float(cfg["slowdown"]))
-        self.trace_mode = bool(cfg.get("trace_mode", False))
         extra: dict[str, Any] = {}
         timeout_s = float(cfg.get("timeout_s", 60.0))
         if self.trace_mode:
             # a request never waits on a stalled link for long: the hedge (or, without
             # one, this deadline) bounds it near device-only
-            device_only_s = float(self.core.evaluate(np.ones(g.n_nodes, bool), 1.0, 0.0).latency_s)
-            timeout_s = min(timeout_s, max(1.0, 3.0 * device_only_s))
+            timeout_s = min(timeout_s, max(1.0, 3.0 * self.device_only_predicted_s()))
             if cfg.get("hedge_margin_s") is not None:
                 extra["hedge_margin_s"] = float(cfg["hedge_margin_s"])
+        old = getattr(self, "client", None)
+        if old is not None:
+            old.close()
         self.client = Client(
             g,
             address=tuple(cfg["address"]),
@@ -125,16 +146,34 @@ class DeviceWorker:
             cache_size=256,
             **extra,
         )
-        self.frames = [self.x] + [
-            random_inputs(cfg["model"], shape, input_dtype=dtype, seed=seed + k)[0]
-            for k in range(1, TRACE_FRAMES)
-        ]
-        with torch.inference_mode():
-            self.refs = [_leaves(self.model(f)) for f in self.frames]
-        self.requests = int(cfg.get("requests", 3))
-        self.stream_frames = int(cfg.get("stream_frames", 4))
-        self.max_predicted_s = float(cfg.get("max_predicted_s", 12.0))
-        self._device_only: tuple[list[float], float, int] | None = None
+
+    def device_only_predicted_s(self) -> float:
+        """The cost model's device-only latency (with the current device profile)."""
+        n = self.graph.n_nodes
+        return float(self.core.evaluate(np.ones(n, bool), 1.0, 0.0).latency_s)
+
+    def calibrate(self, runs: int = 3) -> dict[str, float]:
+        """Time device-only on the emulated device; scale the device profile to match.
+
+        The per-layer profile is measured on the host at full speed (a CPU quota
+        makes per-layer timings bursty) and scaled by F; on the quota-limited
+        device the whole model runs slower than that sum (cold caches after each
+        throttled period, the client's own work: 1.3-1.9x on this machine), which
+        would bias every decision towards the device. Profiling on the device, at
+        whole-model granularity: the median of ``runs`` device-only requests (after
+        one warm-up) over the prediction is the factor every device time is scaled
+        by (the planner, Neurosurgeon, DADS and the Client are rebuilt).
+        """
+        on = np.ones(self.graph.n_nodes, bool)
+        times = []
+        for i in range(runs + 1):
+            t0 = time.perf_counter()
+            self.client.infer_partition(on, self.x)
+            if i:
+                times.append(time.perf_counter() - t0)
+        measured = float(np.median(times))
+        predicted = self.device_only_predicted_s()
+        return {"device_only_s": measured, "predicted_s": predicted, "scale": measured / predicted}
 
     def decide(self, method: str, bw: float) -> tuple[np.ndarray, float]:
         g = self.graph
@@ -477,6 +516,15 @@ def _worker(config_path: str) -> int:
     cfg = json.loads(Path(config_path).read_text())
     try:
         dev = DeviceWorker(cfg)
+        if cfg.get("calibrate"):
+            # the orchestrator moves this process into the device's CPU group, says
+            # so, and moves it out again after the answer (set-up runs at full speed)
+            print(json.dumps({"calibrate": True, "pid": os.getpid()}), flush=True)
+            sys.stdin.readline()
+            cal = dev.calibrate()
+            print(json.dumps(cal), flush=True)
+            sys.stdin.readline()
+            dev._build(cal["scale"])
         # warm every path at full speed before slowing down
         for method in METHODS:
             dev.decide(method, 1e7)
@@ -487,7 +535,13 @@ def _worker(config_path: str) -> int:
     # The orchestrator moves this process into the device's CPU group once it reads
     # "ready" (inside `ip netns exec` the cgroup hierarchy is not mounted), so set-up
     # runs at full speed.
-    print(json.dumps({"ready": True, "pid": os.getpid(), "partitions": warmed}), flush=True)
+    ready = {
+        "ready": True,
+        "pid": os.getpid(),
+        "partitions": warmed,
+        "device_scale": dev.device_scale,
+    }
+    print(json.dumps(ready), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd.get("quit"):
