@@ -280,7 +280,8 @@ class _Hedge(W.Tick):
 
     def __init__(
         self,
-        client: Client,
+        device: Callable[[Callable[[], Any]], Any],
+        submit: Callable[[Callable[[], None]], bool],
         tail: Any,
         sent: dict[str, Any],
         margin: float,
@@ -288,7 +289,8 @@ class _Hedge(W.Tick):
         t0: float,
     ) -> None:
         super().__init__()
-        self.client: Client | None = client
+        self.device: Callable[[Callable[[], Any]], Any] | None = device  # Client._device
+        self.submit = submit  # runs a function in a hedge thread, or returns False
         self.tail = tail
         self.tensors: dict[str, Any] | None = sent
         self.margin = margin
@@ -352,16 +354,13 @@ class _Hedge(W.Tick):
             self.at = min(now + self.step, self.late_at)
 
     def _start(self, now: float, reason: str) -> None:
-        client = self.client
-        assert client is not None
         self.lock = threading.Lock()
         self.done = threading.Event()
         self.started = True
         self.reason = reason
         self.t_hedge = now
         self.at = now + self.step
-        client.hedges += 1
-        if not client._hedge_pool().submit(self._run_local):
+        if not self.submit(self._run_local):
             # every hedge thread is busy: give the network up, finish in this thread
             self.winner = "local"
             self.inline = True
@@ -369,11 +368,11 @@ class _Hedge(W.Tick):
 
     def _run_local(self) -> None:
         """The hedge thread: the tail on the device; claim the request if still open."""
-        client, tail, tensors = self.client, self.tail, self.tensors
-        assert client is not None and self.lock is not None and self.done is not None
+        device, tail, tensors = self.device, self.tail, self.tensors
+        assert device is not None and self.lock is not None and self.done is not None
         t = time.perf_counter()
         try:
-            out = client._device(lambda: tail(tensors))
+            out = device(lambda: tail(tensors))
         except BaseException as e:  # reported by the caller if the network fails too
             self.error = e
             out = None
@@ -386,7 +385,7 @@ class _Hedge(W.Tick):
                 if sock is not None:
                     with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)  # wakes the request's thread
-        self.client = self.tail = self.tensors = None
+        self.device = self.tail = self.tensors = None
         self.done.set()
 
     def claim_network(self) -> bool:
@@ -947,11 +946,13 @@ class Client:
                 self._conn.close()
             self._conn = None
 
-    def _hedge_pool(self) -> _HedgePool:
+    def _submit_hedge(self, fn: Callable[[], None]) -> bool:
+        """Run a hedge's local finish in a hedge thread (the pool made when first needed)."""
         with self._lock:
             if self._hedges is None:
                 self._hedges = _HedgePool(_HEDGE_THREADS)
-            return self._hedges
+            self.hedges += 1
+            return self._hedges.submit(fn)
 
     def _open(self, deadline: float, tick: _Hedge | None = None) -> _Conn:
         """A new connection, handshake done by ``deadline`` (watched by ``tick``)."""
@@ -1263,12 +1264,18 @@ class Client:
             if conn is not None:
                 conn.abort()
             if isinstance(e, TimeoutError):
-                # a slow or dead link, not a failed server: a censored sample
+                # a slow or dead link, not a failed server: a censored sample if
+                # a probe frame went out (a connect that waits measures nothing)
                 stats["abandoned"] += 1
                 delivered = counter.received + max(0, counter.sent - (unacked or 0))
-                self.estimator.add_censored(8.0 * delivered, time.monotonic() - t)
+                if counter.sent:
+                    self.estimator.add_censored(8.0 * delivered, time.monotonic() - t)
                 stats["bytes"] += delivered
-            elif not self._probe_stop:
+            elif not self._probe_stop and not (
+                isinstance(e, W.RemoteError) and e.code == W.ErrorCode.BUSY
+            ):
+                # the server is unreachable or broken: the requests back off too
+                # (a BUSY only says that this extra connection is one too many)
                 with self._lock:
                     self._fail(e, keep=True)
             return
@@ -1445,7 +1452,13 @@ class Client:
                 # the late rule needs a prediction, which needs a bandwidth
                 net_s = partition.transfer_s + partition.server_s + partition.rtt_s
                 hedge = _Hedge(
-                    self, tail, sent, self.hedge_margin_s, net_s if bw else math.inf, t_net
+                    self._device,
+                    self._submit_hedge,
+                    tail,
+                    sent,
+                    self.hedge_margin_s,
+                    net_s if bw else math.inf,
+                    t_net,
                 )
             try:
                 (got_id, server_s, out), frame_bytes, reply_bytes, seconds = self._exchange(
@@ -1508,7 +1521,11 @@ class Client:
         delivered = hedge.delivered()  # before the socket goes
         elapsed = time.monotonic() - hedge.t0
         self._drop_conn(abort=True)
-        self.estimator.add_censored(8.0 * delivered, elapsed)
+        if hedge.sent and not hedge.connecting:
+            # only a request whose data went out bounds the rate: a connect or
+            # handshake that waits (a SYN behind a queue the link has not
+            # drained yet, say) carried no data to measure
+            self.estimator.add_censored(8.0 * delivered, elapsed)
         if hedge.inline:  # no hedge thread was free: the tail runs here
             tail, tensors = hedge.tail, hedge.tensors
             hedge.tail = hedge.tensors = None
