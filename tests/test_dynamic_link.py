@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +34,8 @@ from cic_fast.evaluation.link import NetnsLink, TokenBucketLink, netns_available
 from cic_fast.frontend.profiling import Profile  # noqa: E402
 from cic_fast.frontend.tracing import trace  # noqa: E402
 from cic_fast.runtime import client as client_mod  # noqa: E402
+from cic_fast.runtime import messages as M  # noqa: E402
+from cic_fast.runtime import wire as W  # noqa: E402
 from cic_fast.runtime.client import PATHS, Client  # noqa: E402
 from cic_fast.runtime.server import Server  # noqa: E402
 from zoo import assert_same  # noqa: E402
@@ -371,6 +374,47 @@ def test_a_late_answer_is_hedged_and_a_timely_one_is_not(chain, monkeypatch):
                 assert c2.last.path == "offload"
     finally:
         srv.close()
+
+
+def test_a_server_failing_while_the_hedge_runs_waits_for_that_hedge(chain):
+    """The network fails after the hedge started: its result is used, the tail not rerun."""
+    calls = []
+
+    def counting_device(fn: Any) -> Any:
+        calls.append(threading.current_thread().name)
+        return on_device(fn)
+
+    lsock = socket.create_server(("127.0.0.1", 0))
+    lsock.settimeout(5)
+    fp = chain.client(("127.0.0.1", 9)).fingerprint
+
+    def serve() -> None:  # handshakes, reads the request, closes 150 ms later
+        with contextlib.suppress(OSError, EOFError, W.ProtocolError):
+            c, _ = lsock.accept()
+            with c:
+                c.settimeout(5)
+                W.recv_frame(c, W.Limits())
+                W.send_frame(c, W.MsgType.HELLO_OK, [M.encode_hello(fp, 1 << 26)])
+                W.recv_frame(c, W.Limits())
+                time.sleep(0.15)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        kw = {"bandwidth_bps": 1e9, "device_runner": counting_device, "retry_s": 5.0}
+        with chain.client(lsock.getsockname(), **kw) as cli:
+            start = time.monotonic()
+            assert_same(chain.expected(3), chain.offload(cli, 3))
+            took = time.monotonic() - start
+            assert cli.last.path == "fallback-local" and cli.last.fallback, cli.last
+            assert "closed" in (cli.last.error or ""), cli.last.error
+            assert cli.retry_in_s > 0  # a server that hangs up is a failure: back off
+            # the head here, the tail once, in the hedge thread (started at ~0.1 s)
+            assert calls[0] != "cic-hedge" and calls[1:] == ["cic-hedge"], calls
+            assert took < 0.1 + DEVICE_ONLY_S + MARGIN_S / 8 + SLACK_S, took
+    finally:
+        t.join(5)
+        lsock.close()
 
 
 def test_paths_and_predictions_are_recorded(chain):

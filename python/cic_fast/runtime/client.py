@@ -100,7 +100,8 @@ class RequestRecord:
         Measured seconds: head and local work; network (round trip minus server
         time; in a stream it includes the wait behind earlier frames); tail on the
         server (as the server reports it); the whole request, from its decision to
-        its answer.
+        its answer. For ``"hedged-local"``: ``device_s`` is the head and the
+        local tail, ``transfer_s`` the network wait until the hedge started.
     probed : bool
         True if a bandwidth probe ran before this request: a synchronous one
         (there was no estimate), or a background one that finished since the
