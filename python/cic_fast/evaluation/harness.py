@@ -656,6 +656,8 @@ def evaluate_traces(
         worker_cfg: dict[str, Any] = {
             "timeout_s": timeout_s,
             "trace_mode": True,
+            "traces": [path for path, _ in loaded],
+            "window_s": window_s,
             "calibrate": calibrate,
             "hedge_margin_s": hedge_margin_s,
             "warm_rates_bps": sorted({float(r) for _, t in loaded for r in t.rates_bps if r > 0}),
