@@ -95,7 +95,7 @@ class DeviceWorker:
         self.trace_mode = bool(cfg.get("trace_mode", False))
         self.device_scale = 1.0
         self._traces: dict[tuple[str, float], tuple[Any, Any]] = {}
-        self._build(1.0)
+        self.build_decisions(1.0)
         self.frames = [self.x] + [
             random_inputs(cfg["model"], shape, input_dtype=dtype, seed=seed + k)[0]
             for k in range(1, TRACE_FRAMES)
@@ -107,7 +107,7 @@ class DeviceWorker:
         self.max_predicted_s = float(cfg.get("max_predicted_s", 12.0))
         self._device_only: tuple[list[float], float, int] | None = None
 
-    def _build(self, device_scale: float) -> None:
+    def build_decisions(self, device_scale: float) -> None:
         """The decisions and the Client, with the device profile times ``device_scale``."""
         from cic_fast.core.baselines import Neurosurgeon
         from cic_fast.core.planner import Planner
@@ -354,7 +354,7 @@ class DeviceWorker:
             rtt_s=self.rtt_s,
         ).on_device
 
-    def _trace(self, path: str, window_s: float) -> tuple[Any, Any]:
+    def load_trace(self, path: str, window_s: float) -> tuple[Any, Any]:
         """(the trace, the trace as replayed: its windows), read once per process.
 
         `_worker` reads every trace of the run before "ready": parsing a long
@@ -390,7 +390,7 @@ class DeviceWorker:
         method = str(cmd["method"])
         if method not in TRACE_METHODS:
             raise ValueError(f"unknown method {method!r}")
-        trace, replayed = self._trace(str(cmd["trace"]), float(cmd.get("window_s", 0.1)))
+        trace, replayed = self.load_trace(str(cmd["trace"]), float(cmd.get("window_s", 0.1)))
         start_s = float(cmd.get("start_s", 0.0))
         duration_s = float(cmd["duration_s"])
         fps = cmd.get("fps")
@@ -537,13 +537,13 @@ def _worker(config_path: str) -> int:
             cal = dev.calibrate()
             print(json.dumps(cal), flush=True)
             sys.stdin.readline()
-            dev._build(cal["scale"])
+            dev.build_decisions(cal["scale"])
         # warm every path at full speed before slowing down
         for method in METHODS:
             dev.decide(method, 1e7)
         warmed = dev.warm(cfg.get("warm_rates_bps", [])) if dev.trace_mode else 0
         for path in cfg.get("traces", []):
-            dev._trace(path, float(cfg.get("window_s", 0.1)))
+            dev.load_trace(path, float(cfg.get("window_s", 0.1)))
     except Exception as e:  # the orchestrator reports it
         print(json.dumps({"error": f"{type(e).__name__}: {e}"}), flush=True)
         return 1
