@@ -376,6 +376,27 @@ def test_a_late_answer_is_hedged_and_a_timely_one_is_not(chain, monkeypatch):
         srv.close()
 
 
+def test_a_late_request_is_hedged_only_if_the_device_would_finish_first(chain):
+    """The late rule extrapolates the link: a hedge that would lose is not started.
+
+    Decisions priced at 1 Gbit/s (so the 128 KiB all-server request is late ~0.12 s
+    in); the link really carries 6 Mbit/s (the rest arrives ~0.06 s after that,
+    before the 0.2 s the device needs: no hedge, "offload") or 1.5 Mbit/s (~0.6 s
+    more: the device finishes first, "hedged-local").
+    """
+    with chain.server() as srv:
+        for rate, path in ((6e6, "offload"), (1.5e6, "hedged-local")):
+            with (
+                contextlib.closing(TokenBucketLink(srv.address, rate, rcvbuf=2048)) as link,
+                chain.client(link.address, bandwidth_bps=1e9, device_runner=on_device) as cli,
+            ):
+                for i in range(3):
+                    out = chain.offload(cli, i)
+                    assert_same(chain.expected(i), out)
+                    assert cli.last.path == path, (rate, cli.last)
+                assert cli.hedges == (3 if path == "hedged-local" else 0)
+
+
 def test_a_server_failing_while_the_hedge_runs_waits_for_that_hedge(chain):
     """The network fails after the hedge started: its result is used, the tail not rerun."""
     calls = []

@@ -266,7 +266,14 @@ class _Hedge(W.Tick):
 
     - late: the network part has taken ``predicted + margin`` (``predicted``:
       transfer + server + round trip of the partition at the decision's
-      bandwidth; none without a bandwidth), or
+      bandwidth; none without a bandwidth) and the local finish is expected
+      first: while request bytes are still unacknowledged, the answer is
+      expected after the rest is sent at the rate the link carried over the
+      last ``margin`` plus the server's predicted time, and a hedge starts only
+      if that is later than the tail's predicted device time (``local_s``) from
+      now (a hedge that would lose only takes the device's CPU from the next
+      request: it cannot be cancelled); once every byte is acknowledged
+      (the server is late) there is nothing to extrapolate and it starts; or
     - stalled: bytes are outstanding (written and not acknowledged by the peer,
       or a connect or handshake under way) and neither an acknowledgement nor
       an answer byte came for ``margin``. Progress is sampled at each step, so
@@ -288,8 +295,16 @@ class _Hedge(W.Tick):
         margin: float,
         predicted_s: float,
         t0: float,
+        *,
+        local_s: float | None = None,
+        total_bytes: int = 0,
+        server_s: float = 0.0,
     ) -> None:
         super().__init__()
+        self.local_s = local_s  # the tail's predicted device time (None: always hedge late)
+        self.total_bytes = total_bytes  # the request frame's size
+        self.server_s = server_s  # predicted server time + round trip
+        self.history: deque[tuple[float, int]] = deque()  # (time, acked) of recent steps
         self.device: Callable[[Callable[[], Any]], Any] | None = device  # Client._device
         self.submit = submit  # runs a function in a hedge thread, or returns False
         self.tail = tail
@@ -313,7 +328,7 @@ class _Hedge(W.Tick):
         self.inline = False  # no hedge thread was free: the caller finishes
         self.out: Any = None
         self.error: BaseException | None = None
-        self.local_s = 0.0
+        self.local_run_s = 0.0
 
     def bind(self, sock: socket.socket) -> None:
         """Watch ``sock`` from now on (a new attempt of the request)."""
@@ -347,12 +362,28 @@ class _Hedge(W.Tick):
             self.progress_t = now
             self.last_acked = max(self.last_acked, acked)
             self.last_received = self.received
+        hist = self.history
+        hist.append((now, max(acked, 0)))
+        while len(hist) > 2 and now - hist[1][0] >= self.margin:
+            hist.popleft()  # keep the oldest step at least a margin back
         if now - self.progress_t >= self.margin:
             self._start(now, f"the link stalled: no progress for {now - self.progress_t:.3f} s")
-        elif now >= self.late_at:
+        elif now >= self.late_at and self._local_first(now, outstanding):
             self._start(now, f"no answer {now - self.t0:.3f} s after sending (late)")
         else:
-            self.at = min(now + self.step, self.late_at)
+            late = now >= self.late_at  # past it, re-checked each step
+            self.at = now + self.step if late else min(now + self.step, self.late_at)
+
+    def _local_first(self, now: float, outstanding: bool) -> bool:
+        """Late: whether the local finish is expected before the answer (see the class)."""
+        if self.local_s is None or not outstanding or len(self.history) < 2:
+            return True
+        (t_old, a_old), (t_new, a_new) = self.history[0], self.history[-1]
+        if t_new - t_old <= 0 or a_new <= a_old:
+            return True  # no measured progress: the stall rule decides soon anyway
+        rate = (a_new - a_old) / (t_new - t_old)  # bytes/s the link carried lately
+        left = max(self.total_bytes - a_new, 0) / rate + self.server_s
+        return left > self.local_s
 
     def _start(self, now: float, reason: str) -> None:
         self.lock = threading.Lock()
@@ -377,7 +408,7 @@ class _Hedge(W.Tick):
         except BaseException as e:  # reported by the caller if the network fails too
             self.error = e
             out = None
-        self.local_s = time.perf_counter() - t
+        self.local_run_s = time.perf_counter() - t
         with self.lock:
             self.out = out
             if self.winner is None and self.error is None:
@@ -876,6 +907,7 @@ class Client:
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
         self.last: RequestRecord | None = None
+        self._device_total_s: float | None = None
         # hedging
         self.hedge_margin_s = None if hedge_margin_s is None else float(hedge_margin_s)
         self.hedges = 0
@@ -1346,6 +1378,14 @@ class Client:
                     self._checked.popitem(last=False)
         return on
 
+    def _device_only_s(self) -> float:
+        """The model's device time in the cost model (computed once; the graph is fixed)."""
+        t = self._device_total_s
+        if t is None:
+            on = device_only(self.graph.n_nodes)
+            t = self._device_total_s = float(self.planner.graph.evaluate(on, 1.0, 0.0).device_s)
+        return t
+
     def _price(self, on: np.ndarray, bw: float | None) -> Partition:
         """Price a checked partition (1 Gbit/s when no bandwidth is known)."""
         return self.planner.graph.evaluate(on, bw or 1e9, self.rtt_s)
@@ -1460,6 +1500,9 @@ class Client:
                     self.hedge_margin_s,
                     net_s if bw else math.inf,
                     t_net,
+                    local_s=max(self._device_only_s() - partition.device_s, 0.0),
+                    total_bytes=W.HEADER.size + nbytes,
+                    server_s=partition.server_s + partition.rtt_s,
                 )
             try:
                 (got_id, server_s, out), frame_bytes, reply_bytes, seconds = self._exchange(
@@ -1534,7 +1577,7 @@ class Client:
             out = self._device(lambda: tail(tensors))
             local_s = time.perf_counter() - t
         else:
-            out, local_s = hedge.out, hedge.local_s
+            out, local_s = hedge.out, hedge.local_run_s
         t3 = time.perf_counter()
         self.last = RequestRecord(
             partition=partition,
