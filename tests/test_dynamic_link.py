@@ -467,3 +467,37 @@ def test_paths_and_predictions_are_recorded(chain):
 def test_bad_hedging_and_probing_arguments(chain, kw, exc):
     with pytest.raises(exc):
         chain.client(("127.0.0.1", 9), **kw)
+
+
+def test_the_kernel_times_what_the_link_carried():
+    """`_tcp_sent` (TCP_INFO): bytes acknowledged over the time the link was busy.
+
+    The background probes use it (see `Client._probe_with`): a device busy
+    computing stretches the probe's own timing, not the kernel's.
+    """
+    sink = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = sink.accept()
+        with conn:
+            while conn.recv(65536):
+                pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    with contextlib.closing(TokenBucketLink(sink.getsockname()[:2], 2e6, rcvbuf=2048)) as link:
+        with socket.create_connection(link.address, timeout=10) as s:
+            before = client_mod._tcp_sent(s)
+            if before is None:
+                pytest.skip("TCP_INFO has no bytes_acked / busy_time here")
+            s.sendall(bytes(100_000))
+            deadline = time.monotonic() + 5
+            while client_mod._unacked(s) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            after = client_mod._tcp_sent(s)
+    sink.close()
+    t.join(5)
+    assert after is not None
+    acked, busy = after[0] - before[0], after[1] - before[1]
+    assert acked == 100_000
+    assert 0.75 * 2e6 <= 8 * acked / busy <= 1.25 * 2e6, (acked, busy)

@@ -184,7 +184,10 @@ def test_one_client_shared_by_threads(tiny):
     xs = [torch.randn(1, 3, 32, 32) for _ in range(4)]
     with torch.inference_mode():
         want = [tiny.model(x) for x in xs]
-    with tiny.server() as srv, tiny.client(srv.address) as cli:
+    # no background probe and no hedge: each would open a connection of its own
+    # (a decision that goes device-only under load, a request late under load)
+    quiet = {"probe_share": 0.0, "hedge_margin_s": None}
+    with tiny.server() as srv, tiny.client(srv.address, **quiet) as cli:
 
         def work(t: int) -> None:
             for i in range(5):

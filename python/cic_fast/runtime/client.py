@@ -182,6 +182,43 @@ def _unacked(sock: socket.socket) -> int | None:
     return int(struct.unpack("i", raw)[0])
 
 
+# struct tcp_info (linux/tcp.h): tcpi_bytes_acked (u64) and tcpi_busy_time (u64, us:
+# the time the connection had data in flight or queued) are at these offsets since
+# Linux 4.10; shorter (older) structs are not read.
+_TCPI_BYTES_ACKED = 120
+_TCPI_BUSY_TIME = 168
+_TCPI_SIZE = 176
+
+
+def _tcp_sent(sock: socket.socket) -> tuple[int, float] | None:
+    """(bytes the peer acknowledged, seconds busy sending) of ``sock``, from the kernel.
+
+    Timed by the kernel as the acknowledgements arrive, so it is right even when
+    this process is starved of CPU (a device computing a model on its one
+    core while a probe runs); None where TCP_INFO lacks the fields.
+    """
+    if not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 232)
+    except (OSError, ValueError):
+        return None
+    if len(raw) < _TCPI_SIZE:
+        return None
+    (acked,) = struct.unpack_from("Q", raw, _TCPI_BYTES_ACKED)
+    (busy_us,) = struct.unpack_from("Q", raw, _TCPI_BUSY_TIME)
+    return int(acked), busy_us / 1e6
+
+
+#: The smallest background probe: a burst of 3.2 KB (tbf's bucket) makes a 16 KiB
+#: probe read at most 1.25x the rate; the period grows to keep the budget.
+_PROBE_MIN_FILL = 16384
+
+#: A probe timed by the kernel (`_tcp_sent`) is a sample when it kept the link busy
+#: this long: the busy time counts in jiffies (1-4 ms).
+_KERNEL_MIN_BUSY_S = 0.02
+
+
 class _LocalWon(Exception):
     """Raised through a request's waits once its local finish has won."""
 
@@ -723,10 +760,14 @@ class Client:
         planner's lowest offloading breakpoint; the probe only needs to tell
         whether the link is above it, so this is at most ``probe_share`` of
         any link worth offloading to). Each probe is a ping and
-        ``background_probe_bytes`` of filler, every
-        ``background_probe_period_s`` (at least ``probe_interval_s``); one that
-        has not finished by then is abandoned (connection dropped, a censored
-        sample). Requests are never delayed by it.
+        ``background_probe_bytes`` of filler (at least 16 KiB, so that a token
+        bucket's burst is a small part of it), every
+        ``background_probe_period_s`` (at least ``probe_interval_s``, longer
+        where 16 KiB needs it to keep the bound); one that has not finished by
+        then is abandoned (connection dropped, a censored sample). Its rate is
+        the bytes the peer acknowledged over the time the kernel saw the link
+        busy (TCP_INFO, where Linux has it), which the device's own load does
+        not stretch. Requests are never delayed by it.
     probe_interval_s : float
         The shortest period of the background probes (default 1 s): a recovery
         of the link is noticed about one or two periods after it.
@@ -923,7 +964,10 @@ class Client:
             # as large as the budget allows in one interval, but a transfer the
             # estimator takes as a sample, and no larger than any probe
             fill = int(budget_bps * self.probe_interval_s / 8) - _PROBE_OVERHEAD_BYTES
-            size = min(max(fill, self.estimator.min_bytes, 1), self.probe_max_bytes)
+            # at least _PROBE_MIN_FILL: a token bucket's burst (a tbf's few KB, a
+            # cell's grant) passes at once, and must be a small part of a sample
+            size = max(fill, self.estimator.min_bytes, _PROBE_MIN_FILL)
+            size = min(size, self.probe_max_bytes)
             period = max(self.probe_interval_s, 8 * (size + _PROBE_OVERHEAD_BYTES) / budget_bps)
         else:
             size, period = 0, math.inf
@@ -1136,12 +1180,18 @@ class Client:
         deadline: float,
         *,
         size: int = 0,
+        kernel: Callable[[], tuple[int, float] | None] | None = None,
     ) -> None:
         """A ping (the latency), then filler (a rate sample), through ``exchange``.
 
         ``size`` 0: start at the size that worked last and grow while the probe
         is mostly latency (see `probe`); else one probe of ``size`` bytes,
         recorded even if it is mostly latency (as a lower bound of the rate).
+        ``kernel()``, if given, returns the last exchange's (bytes acknowledged,
+        seconds the link was busy) as the kernel timed them: when the link was
+        busy at least `_KERNEL_MIN_BUSY_S`, that is the sample (bytes over busy
+        time: no latency to take off, and no error from this process's own
+        scheduling, which a device busy computing stretches by tens of ms).
         """
         _, _, _, seconds = exchange(W.MsgType.PROBE, [], 0, deadline, self._read_probe_ok(0))
         self.estimator.add_latency(seconds)
@@ -1151,6 +1201,14 @@ class Client:
                 W.MsgType.PROBE, [bytes(n)], n, deadline, self._read_probe_ok(n)
             )
             last = bool(size) or n >= self.probe_max_bytes
+            timed = kernel() if kernel is not None else None
+            if (
+                timed is not None
+                and timed[1] >= _KERNEL_MIN_BUSY_S
+                and timed[0] >= self.estimator.min_bytes
+            ):
+                self.estimator.add(8.0 * timed[0], timed[1])
+                return
             if self.estimator.add_transfer(8.0 * (sent + received), seconds, force=last):
                 if not size and seconds > _PROBE_SLOW_S:  # slow link: smaller next time
                     self._probe_size = max(self.probe_bytes, n // 2)
@@ -1277,6 +1335,7 @@ class Client:
                 counter.sent = counter.received = 0
             self._check_frame(nbytes, conn.max_frame_bytes)
             t1 = time.perf_counter()
+            before = _tcp_sent(conn.sock)
             sent = W.send_frame(conn.sock, msg_type, parts, deadline=deadline, tick=counter)
             kind, payload = conn.reader.frame(deadline=deadline, tick=counter)
             received = W.HEADER.size + payload.left
@@ -1284,12 +1343,19 @@ class Client:
                 out = read(kind, payload)
             finally:
                 conn.reader.tick = None
+            after = _tcp_sent(conn.sock)
+            timed[0] = (
+                None
+                if before is None or after is None
+                else (after[0] - before[0], after[1] - before[1])
+            )
             stats["bytes"] += sent + received
             return out, sent, received, time.perf_counter() - t1
 
+        timed: list[tuple[int, float] | None] = [None]  # the last exchange's, by the kernel
         try:
             size = self.background_probe_bytes if budgeted else 0
-            self._probe_with(exchange, deadline, size=size)
+            self._probe_with(exchange, deadline, size=size, kernel=lambda: timed[0])
         except _NETWORK_ERRORS as e:
             with self._probe_cv:
                 conn, self._pconn = self._pconn, None
