@@ -1166,8 +1166,25 @@ class Client:
         with self._lock:
             self._last_probe = time.monotonic()
             deadline = self._last_probe + self.timeout_s
+            timed: list[tuple[int, float] | None] = [None]
+
+            def exchange(*args: Any) -> tuple[Any, int, int, float]:
+                # as _exchange, and what the kernel timed of it (see _probe_with)
+                conn = self._conn
+                before = None if conn is None else _tcp_sent(conn.sock)
+                out = self._exchange(*args)
+                # a connection opened (or replaced) by this exchange: nothing to compare
+                same = conn is not None and self._conn is conn
+                after = _tcp_sent(conn.sock) if same and conn is not None else None
+                timed[0] = (
+                    None
+                    if before is None or after is None
+                    else (after[0] - before[0], after[1] - before[1])
+                )
+                return out
+
             try:
-                self._probe_with(self._exchange, deadline)
+                self._probe_with(exchange, deadline, kernel=lambda: timed[0])
             except _NETWORK_ERRORS as e:
                 self._fail(e)
                 return None
