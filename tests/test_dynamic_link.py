@@ -501,3 +501,18 @@ def test_the_kernel_times_what_the_link_carried():
     acked, busy = after[0] - before[0], after[1] - before[1]
     assert acked == 100_000
     assert 0.75 * 2e6 <= 8 * acked / busy <= 1.25 * 2e6, (acked, busy)
+
+
+def test_one_background_probe_is_enough_to_see_a_step():
+    """``add(alone=True)``: a probe's sample alone moves the estimate past a step."""
+    from cic_fast.runtime.estimator import BandwidthEstimator
+
+    for alone, want in ((False, 1e6), (True, 3e6)):
+        est = BandwidthEstimator()
+        for i in range(4):
+            est.add(8e6, 8.0, now=float(i))  # 1 Mbit/s
+        est.add(3e6, 1.0, now=4.0, alone=alone)  # 3 Mbit/s
+        assert est.estimate(now=4.0) == pytest.approx(want), alone
+    # a sample within the ratio of the others never drops them, alone or not
+    est.add(2.5e6, 1.0, now=5.0, alone=True)
+    assert len(est) == 2 and est.estimate(now=5.0) == pytest.approx(2.75e6)

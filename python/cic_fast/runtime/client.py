@@ -1198,6 +1198,7 @@ class Client:
         *,
         size: int = 0,
         kernel: Callable[[], tuple[int, float] | None] | None = None,
+        alone: bool = False,
     ) -> None:
         """A ping (the latency), then filler (a rate sample), through ``exchange``.
 
@@ -1209,6 +1210,7 @@ class Client:
         busy at least `_KERNEL_MIN_BUSY_S`, that is the sample (bytes over busy
         time: no latency to take off, and no error from this process's own
         scheduling, which a device busy computing stretches by tens of ms).
+        ``alone``: that sample alone may show a step (`BandwidthEstimator.add`).
         """
         _, _, _, seconds = exchange(W.MsgType.PROBE, [], 0, deadline, self._read_probe_ok(0))
         self.estimator.add_latency(seconds)
@@ -1224,7 +1226,7 @@ class Client:
                 and timed[1] >= _KERNEL_MIN_BUSY_S
                 and timed[0] >= self.estimator.min_bytes
             ):
-                self.estimator.add(8.0 * timed[0], timed[1])
+                self.estimator.add(8.0 * timed[0], timed[1], alone=alone)
                 return
             if self.estimator.add_transfer(8.0 * (sent + received), seconds, force=last):
                 if not size and seconds > _PROBE_SLOW_S:  # slow link: smaller next time
@@ -1372,7 +1374,7 @@ class Client:
         timed: list[tuple[int, float] | None] = [None]  # the last exchange's, by the kernel
         try:
             size = self.background_probe_bytes if budgeted else 0
-            self._probe_with(exchange, deadline, size=size, kernel=lambda: timed[0])
+            self._probe_with(exchange, deadline, size=size, kernel=lambda: timed[0], alone=budgeted)
         except _NETWORK_ERRORS as e:
             with self._probe_cv:
                 conn, self._pconn = self._pconn, None

@@ -99,11 +99,18 @@ class BandwidthEstimator:
         self._latency: deque[tuple[float, float]] = deque(maxlen=window)
         self._lock = threading.Lock()
 
-    def add(self, bits: float, seconds: float, *, now: float | None = None) -> None:
+    def add(
+        self, bits: float, seconds: float, *, now: float | None = None, alone: bool = False
+    ) -> None:
         """Record one transfer of ``bits`` that took ``seconds`` of wire time.
 
         Ignored unless ``seconds > 0`` and ``bits >= 8 * min_bytes`` (and the
-        rate is finite): nothing is clamped into a rate.
+        rate is finite): nothing is clamped into a rate. With ``alone``, this one
+        sample is enough for the step rule (a background probe while the
+        decisions keep everything on the device: no request adds samples between
+        two probes, and waiting for a second one doubles the time to see a
+        recovery; a wrong probe costs one decision, whose own transfer then
+        corrects the estimate).
         """
         if bits < 8 * self.min_bytes or not (
             bits > 0 and 0 < seconds < math.inf and math.isfinite(bits / seconds)
@@ -119,7 +126,7 @@ class BandwidthEstimator:
                 self._samples.extend(kept)
                 self._censored = any(c for _, _, c in kept)
             self._samples.append((t, bps, False))
-            self._follow_step(t)
+            self._follow_step(t, 1 if alone else self.change_samples)
 
     def add_censored(self, bits: float, seconds: float, *, now: float | None = None) -> bool:
         """Record a transfer abandoned after ``seconds`` having delivered ``bits``.
@@ -152,9 +159,8 @@ class BandwidthEstimator:
             self._censored = True
         return True
 
-    def _follow_step(self, t: float) -> None:
-        """Drop the older samples when the newest ones show a step (lock held)."""
-        k = self.change_samples
+    def _follow_step(self, t: float, k: int) -> None:
+        """Drop the older samples when the ``k`` newest show a step (lock held)."""
         recent = [bps for when, bps, _ in self._samples if t - when <= self.max_age_s]
         if len(recent) <= k:
             return
