@@ -220,8 +220,14 @@ def test_background_probes_notice_a_recovery_within_their_budget(chain):
             budget_Bps = cli.probe_share * b_min / 8
             size, period = cli.background_probe_bytes, cli.background_probe_period_s
             assert 8 * (size + 256) / period <= cli.probe_share * b_min * (1 + 1e-9)
-            cli.infer(chain.x)  # no estimate yet: one synchronous probe, then device-only
+            # no estimate yet: a probe bounded by the margin (too short for 16 KiB at
+            # 1 Mbit/s), this request on the device, the probe again in the background
+            cli.infer(chain.x)
             assert cli.last is not None and cli.last.path == "local", cli.last
+            t_est = time.monotonic()
+            while cli.estimator.estimate() is None and time.monotonic() - t_est < 5.0:
+                time.sleep(0.02)
+            assert cli.estimator.estimate() is not None
             # device-only for 3 s: the probes' bytes on the link stay within the budget
             b0, t0 = link.bytes_up + link.bytes_down, time.monotonic()
             while time.monotonic() - t0 < 3.0:
@@ -516,3 +522,32 @@ def test_one_background_probe_is_enough_to_see_a_step():
     # a sample within the ratio of the others never drops them, alone or not
     est.add(2.5e6, 1.0, now=5.0, alone=True)
     assert len(est) == 2 and est.estimate(now=5.0) == pytest.approx(2.75e6)
+
+
+def test_a_client_started_in_an_outage_waits_no_longer_than_the_margin(chain):
+    """The first decision's probe is bounded by the margin; the background finds the link.
+
+    Defect (a trace run): a client whose first request met an outage waited for its
+    synchronous probe's whole deadline (2.8 s on a 0.8 s device) before computing
+    locally.
+    """
+    with (
+        chain.server() as srv,
+        contextlib.closing(TokenBucketLink(srv.address, 20e6, rcvbuf=2048)) as link,
+    ):
+        link.set_rate(0)
+        with chain.client(link.address, device_runner=on_device) as cli:
+            t = time.monotonic()
+            assert_same(chain.expected(0), cli.infer(chain.input(0)))
+            took = time.monotonic() - t
+            assert cli.last.path == "local", cli.last
+            assert took <= DEVICE_ONLY_S + MARGIN_S + SLACK_S, took
+            assert cli.retry_in_s == 0.0  # a slow probe is no server failure
+            link.set_rate(20e6)
+            t1 = time.monotonic()
+            i = 0
+            while time.monotonic() - t1 < 8.0 and cli.last.path != "offload":
+                i += 1
+                assert_same(chain.expected(i), cli.infer(chain.input(i)))
+                time.sleep(0.05)
+            assert cli.last.path == "offload", (cli.last, cli.estimator.estimate())

@@ -373,9 +373,16 @@ def test_bandwidth_estimate_converges_on_shaped_link(resnet, rate_mbit):
             timeout_s=TIMEOUT_S,
         )
         with cli:
-            for i in range(8):
+            # the first decision probes within the hedge margin: 16 KiB fits in it at
+            # 10 Mbit/s, not at 1 (that request runs on the device, and the probe
+            # ends in the background)
+            assert_same(resnet.expected, cli.infer(resnet.x))
+            assert cli.last is not None and (cli.last.probed or cli.last.path == "local")
+            t0 = time.monotonic()
+            while cli.estimator.estimate() is None and time.monotonic() - t0 < TIMEOUT_S:
+                time.sleep(0.02)
+            for _ in range(8):
                 assert_same(resnet.expected, cli.infer(resnet.x))
-                assert cli.last is not None and cli.last.probed == (i == 0)
                 assert cli.last is not None and not cli.last.fallback, cli.last.error
                 assert cli.last.bytes_sent > 0
             est = cli.estimator.estimate()

@@ -1166,25 +1166,9 @@ class Client:
         with self._lock:
             self._last_probe = time.monotonic()
             deadline = self._last_probe + self.timeout_s
-            timed: list[tuple[int, float] | None] = [None]
-
-            def exchange(*args: Any) -> tuple[Any, int, int, float]:
-                # as _exchange, and what the kernel timed of it (see _probe_with)
-                conn = self._conn
-                before = None if conn is None else _tcp_sent(conn.sock)
-                out = self._exchange(*args)
-                # a connection opened (or replaced) by this exchange: nothing to compare
-                same = conn is not None and self._conn is conn
-                after = _tcp_sent(conn.sock) if same and conn is not None else None
-                timed[0] = (
-                    None
-                    if before is None or after is None
-                    else (after[0] - before[0], after[1] - before[1])
-                )
-                return out
-
+            exchange, kernel = self._kernel_timed()
             try:
-                self._probe_with(exchange, deadline, kernel=lambda: timed[0])
+                self._probe_with(exchange, deadline, kernel=kernel)
             except _NETWORK_ERRORS as e:
                 self._fail(e)
                 return None
@@ -1495,7 +1479,7 @@ class Client:
             bw = self.estimator.estimate()
             if bw is None:
                 if not self.server_down:
-                    bw = self.probe()
+                    bw = self._first_probe()
                     probed = probed or bw is not None
             elif time.monotonic() - self._last_probe >= self.refresh_s:
                 age = self.estimator.age_s()
@@ -1505,6 +1489,61 @@ class Client:
         partition = self._decide_at(bw)
         self._note_decision(partition, bw, refresh)
         return partition, bw, probed
+
+    def _kernel_timed(
+        self,
+    ) -> tuple[Callable[..., tuple[Any, int, int, float]], Callable[[], tuple[int, float] | None]]:
+        """`_exchange`, and a function giving what the kernel timed of its last call.
+
+        See `_probe_with`: (bytes acknowledged, seconds busy) on the connection,
+        None when the exchange opened or replaced it.
+        """
+        timed: list[tuple[int, float] | None] = [None]
+
+        def exchange(*args: Any) -> tuple[Any, int, int, float]:
+            conn = self._conn
+            before = None if conn is None else _tcp_sent(conn.sock)
+            out = self._exchange(*args)
+            same = conn is not None and self._conn is conn
+            after = _tcp_sent(conn.sock) if same and conn is not None else None
+            timed[0] = (
+                None
+                if before is None or after is None
+                else (after[0] - before[0], after[1] - before[1])
+            )
+            return out
+
+        return exchange, lambda: timed[0]
+
+    def _first_probe(self) -> float | None:
+        """The synchronous probe of a decision without an estimate, bounded by the margin.
+
+        With hedging on, the request it precedes would wait on a dead link for
+        up to ``timeout_s`` (the first request of a client started in an outage
+        took 2.8 s on a 0.8 s device); bounded by ``hedge_margin_s`` like any
+        request, it costs at most that. A probe that needs longer (a slow link:
+        16 KiB at 1 Mbit/s is 0.13 s) is no failure: this request runs on the
+        device, and the probe goes on in the background with ``timeout_s``.
+        """
+        if self.hedge_margin_s is None:
+            return self.probe()
+        with self._lock:
+            self._last_probe = time.monotonic()
+            deadline = self._last_probe + min(self.timeout_s, self.hedge_margin_s)
+            exchange, kernel = self._kernel_timed()
+            try:
+                self._probe_with(exchange, deadline, kernel=kernel)
+            except TimeoutError:
+                self._drop_conn(abort=True)  # mid-frame: not reusable
+                with self._probe_cv:
+                    self._probe_refresh = True
+                    self._wake_prober()
+                return None
+            except _NETWORK_ERRORS as e:
+                self._fail(e)
+                return None
+            self._failures = 0
+            return self.estimator.estimate()
 
     def _decide_at(self, bw: float | None) -> Partition:
         if bw is None or self.server_down:
