@@ -551,3 +551,38 @@ def test_a_client_started_in_an_outage_waits_no_longer_than_the_margin(chain):
                 assert_same(chain.expected(i), cli.infer(chain.input(i)))
                 time.sleep(0.05)
             assert cli.last.path == "offload", (cli.last, cli.estimator.estimate())
+
+
+def test_no_hedge_starts_while_an_earlier_one_still_computes(chain, monkeypatch):
+    """A losing hedge cannot be cancelled; a second one would only share the device's CPU."""
+    running_at_submit = []
+    real_submit = client_mod._HedgePool.submit
+
+    def submit(self: Any, fn: Any) -> bool:
+        running_at_submit.append(self.running())
+        return real_submit(self, fn)
+
+    monkeypatch.setattr(client_mod._HedgePool, "submit", submit)
+
+    class SlowServer(Server):
+        delay_s = 0.0
+
+        def run_tail(self, on_device: Any, tensors: Any) -> Any:
+            time.sleep(self.delay_s)
+            return super().run_tail(on_device, tensors)
+
+    srv = SlowServer(chain.model, chain.x, graph=chain.graph).start()
+    try:
+        with chain.client(srv.address, bandwidth_bps=1e9, device_runner=on_device) as cli:
+            # late by 0.16 s: a hedge starts (0.2 s of device work) and loses
+            srv.delay_s = 0.16
+            assert_same(chain.expected(1), chain.offload(cli, 1))
+            assert cli.last.path == "hedged-offload", cli.last
+            # at once, a request whose answer is very late: its hedge waits for the
+            # first one's computation to end, then starts (and wins)
+            srv.delay_s = 0.8
+            assert_same(chain.expected(2), chain.offload(cli, 2))
+            assert cli.last.path == "hedged-local", cli.last
+            assert running_at_submit == [0, 0], running_at_submit
+    finally:
+        srv.close()
