@@ -127,6 +127,16 @@ class Model:
         )
 
 
+class SlowServer(Server):
+    """A server whose tail waits ``delay_s`` first (a late answer, set per request)."""
+
+    delay_s = 0.0
+
+    def run_tail(self, on_device: Any, tensors: Any) -> Any:
+        time.sleep(self.delay_s)
+        return super().run_tail(on_device, tensors)
+
+
 @pytest.fixture(scope="module")
 def chain() -> Model:
     torch.manual_seed(0)
@@ -333,13 +343,6 @@ def test_a_late_answer_is_hedged_and_a_timely_one_is_not(chain, monkeypatch):
         real_call(self)
 
     monkeypatch.setattr(client_mod._Hedge, "__call__", counting)
-
-    class SlowServer(Server):
-        delay_s = 0.0
-
-        def run_tail(self, on_device: Any, tensors: Any) -> Any:
-            time.sleep(self.delay_s)
-            return super().run_tail(on_device, tensors)
 
     srv = SlowServer(chain.model, chain.x, graph=chain.graph).start()
     try:
@@ -563,13 +566,6 @@ def test_no_hedge_starts_while_an_earlier_one_still_computes(chain, monkeypatch)
         return real_submit(self, fn)
 
     monkeypatch.setattr(client_mod._HedgePool, "submit", submit)
-
-    class SlowServer(Server):
-        delay_s = 0.0
-
-        def run_tail(self, on_device: Any, tensors: Any) -> Any:
-            time.sleep(self.delay_s)
-            return super().run_tail(on_device, tensors)
 
     srv = SlowServer(chain.model, chain.x, graph=chain.graph).start()
     try:
