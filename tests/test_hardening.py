@@ -46,13 +46,19 @@ def _connect(address) -> socket.socket:
 
 
 def _closed_within(sock: socket.socket, seconds: float) -> bool:
-    """True if the peer closes ``sock`` within ``seconds`` (any bytes before are read)."""
+    """True if the peer closes ``sock`` within ``seconds`` (any bytes before are read).
+
+    A reset counts as closed: a byte that reaches the server just before it closes a
+    handshake stays unread there, and Linux then answers with RST instead of FIN.
+    """
     sock.settimeout(seconds)
     deadline = time.monotonic() + seconds
     try:
         while time.monotonic() < deadline:
             if not sock.recv(4096):
                 return True
+    except ConnectionResetError:
+        return True
     except (TimeoutError, ConnectionError):
         return False
     except OSError:
