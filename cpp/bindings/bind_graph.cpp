@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <utility>
@@ -116,6 +117,29 @@ void BindGraph(py::module_& m) {
           py::arg("partition_type"), py::arg("bandwidth_bps"), py::arg("rtt_s") = 0.0,
           "min_cut's optimum as an instance of partition_type (a PartitionBase subclass), "
           "built in C: one call, no tuple. Thread-safe; the solve releases the GIL.")
+      .def(
+          "min_period",
+          [](GraphHandle& h, double bandwidth_bps, int64_t max_steps) {
+            cic::PeriodSolution sol;
+            cic::Result r;
+            {
+              py::gil_scoped_release release;
+              r = h.period_status();
+              if (r.ok()) {
+                cic::PeriodOptions opt;
+                opt.max_steps = max_steps;
+                r = h.period().MinPeriod(bandwidth_bps, opt, &sol);
+              }
+            }
+            Check(r);
+            BoolArray on(static_cast<py::ssize_t>(sol.on_device.size()));
+            std::copy(sol.on_device.begin(), sol.on_device.end(),
+                      reinterpret_cast<uint8_t*>(on.mutable_data()));
+            return py::make_tuple(std::move(on), sol.optimal, sol.lower_bound_s, sol.steps);
+          },
+          py::arg("bandwidth_bps"), py::arg("max_steps"),
+          "Smallest pipeline period (branch and bound): (on_device, optimal, lower_bound_s, "
+          "steps). Thread-safe; the search releases the GIL.")
       .def(
           "evaluate",
           [](const GraphHandle& h, BoolArray on_device, double bandwidth_bps, double rtt_s) {

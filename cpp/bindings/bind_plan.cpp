@@ -66,6 +66,35 @@ py::tuple PlanCompressedPy(const GraphHandle& h, double rtt_s) {
   return py::make_tuple(std::move(plan), stats);
 }
 
+py::tuple PlanThroughputPy(GraphHandle& h, double rtt_s, int64_t max_steps) {
+  auto plan = std::make_unique<cic::Plan>();
+  bool complete = true;
+  int64_t steps = 0;
+  cic::Result r;
+  {
+    py::gil_scoped_release release;
+    cic::PeriodOptions opt;
+    opt.max_steps = max_steps;
+    r = cic::Plan::BuildThroughput(h.graph, rtt_s, opt, plan.get(), &complete, &steps);
+  }
+  Check(r);
+  return py::make_tuple(std::move(plan), complete, steps);
+}
+
+std::unique_ptr<cic::Plan> PlanFromThroughputPartitions(const GraphHandle& h, double rtt_s,
+                                                        const BoolArray& parts) {
+  const cic::Graph& g = h.graph;
+  if (parts.ndim() != 2 || parts.shape(1) != g.num_nodes()) {
+    throw py::value_error("partitions must have shape (K, " + std::to_string(g.num_nodes()) +
+                          ")");
+  }
+  auto plan = std::make_unique<cic::Plan>();
+  Check(cic::Plan::FromThroughputPartitions(g, rtt_s,
+                                            reinterpret_cast<const uint8_t*>(parts.data()),
+                                            static_cast<int32_t>(parts.shape(0)), plan.get()));
+  return plan;
+}
+
 }  // namespace
 
 void BindPlan(py::module_& m) {
@@ -78,6 +107,14 @@ void BindPlan(py::module_& m) {
                   "priced, and reduced to their lower envelope. No min-cut.")
       .def_static("compressed", &PlanCompressedPy, py::arg("graph"), py::arg("rtt_s") = 0.0,
                   "The same plan, searched on the exactly compressed graph: (plan, stats).")
+      .def_static("throughput", &PlanThroughputPy, py::arg("graph"), py::arg("rtt_s"),
+                  py::arg("max_steps"),
+                  "The period-optimal plan (Pareto front of max(device, server) time against "
+                  "bytes): (plan, complete, steps).")
+      .def_static("from_throughput_partitions", &PlanFromThroughputPartitions,
+                  py::arg("graph"), py::arg("rtt_s"), py::arg("partitions"),
+                  "The throughput plan of the given candidates (K, n) bool: validated, priced, "
+                  "reduced to their Pareto front.")
       .def_property_readonly("n_nodes", &cic::Plan::num_nodes)
       .def_property_readonly("n_partitions", &cic::Plan::num_partitions)
       .def_property_readonly("num_solves", &cic::Plan::num_solves)

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cic/graph.hpp"
+#include "cic/period.hpp"
 #include "cic/plan.hpp"
 #include "cic/status.hpp"
 
@@ -53,6 +54,17 @@ class GraphHandle {
   GraphHandle& operator=(const GraphHandle&) = delete;
 
   cic::Graph graph;
+
+  // The throughput search's precomputation (period.hpp), made by the first
+  // min_period call (any thread, without the GIL) and read-only afterwards.
+  // period_status() makes it if needed and says whether it succeeded.
+  cic::Result period_status() {
+    std::call_once(period_once_, [this] {
+      period_result_ = cic::PeriodSearch::Create(graph, &period_);
+    });
+    return period_result_;
+  }
+  const cic::PeriodSearch& period() const { return period_; }
 
   // A slot for the lifetime of the lease (taken from the pool or made,
   // given back on destruction). Needs no GIL.
@@ -95,6 +107,9 @@ class GraphHandle {
 
   std::mutex mutex_;
   std::vector<std::unique_ptr<Slot>> pool_;
+  std::once_flag period_once_;
+  cic::PeriodSearch period_;
+  cic::Result period_result_;
 };
 
 // bind_partition.cpp: _core.PartitionBase, and the fast decide callable

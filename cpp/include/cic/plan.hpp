@@ -33,6 +33,7 @@
 #include "cic/cost.hpp"
 #include "cic/envelope.hpp"
 #include "cic/graph.hpp"
+#include "cic/period.hpp"
 #include "cic/search.hpp"
 #include "cic/status.hpp"
 
@@ -145,6 +146,97 @@ class Plan {
     }
     pl.breakpoints_bps_.clear();
     for (int32_t i = K - 2; i >= 0; --i) pl.breakpoints_bps_.push_back(1.0 / cross_x[i]);
+    return Result::Ok();
+  }
+
+  // The throughput plan of g: the partition with the smallest pipeline
+  // period (period.hpp) at every bandwidth. Its candidates are the Pareto
+  // front of (c, bytes), c = max(device_s, server_s); FromThroughputPartitions
+  // orders them and derives the breakpoints. `complete` (may be null) is set
+  // to false when max_steps stopped the search (the plan is then the front
+  // found so far). num_solves() is 0.
+  static Result BuildThroughput(const Graph& g, double rtt_s, const PeriodOptions& opt,
+                                Plan* out, bool* complete = nullptr, int64_t* steps = nullptr) {
+    PeriodSearch search;
+    Result r = PeriodSearch::Create(g, &search);
+    if (!r.ok()) return r;
+    PeriodFront front;
+    r = search.ParetoFront(opt, &front);
+    if (!r.ok()) return r;
+    if (complete != nullptr) *complete = front.complete;
+    if (steps != nullptr) *steps = front.steps;
+    return FromThroughputPartitions(g, rtt_s, front.parts.data(), front.count, out);
+  }
+
+  // The throughput plan whose candidates are the `count` given partitions.
+  //
+  // Theory. With x = 8 / bandwidth a partition's period is max(c, bytes * x).
+  // Keep the Pareto points of (c, bytes) (recomputed with the cost model, in
+  // long double), sorted by bytes ascending, so c strictly descends: b_0 <
+  // b_1 < ..., c_0 > c_1 > .... For i < j, j is strictly better than i iff
+  // bytes_j * x < c_i (if b_j x <= c_j both sides are c's and c_j < c_i; else
+  // j's period is b_j x, and i's is max(c_i, b_i x) with b_i x < b_j x). So
+  // as x grows (the link slows) the optimum moves from j to j - 1 exactly at
+  // x = c_{j-1} / b_j, i.e. at the bandwidth 8 b_j / c_{j-1}, which increases
+  // with j: partition j is optimal on [8 b_j / c_{j-1}, 8 b_{j+1} / c_j), and
+  // every Pareto point is a piece. At a breakpoint both are optimal and
+  // Segment gives the faster side, as for the latency plan.
+  static Result FromThroughputPartitions(const Graph& g, double rtt_s, const uint8_t* parts,
+                                         int32_t count, Plan* out) {
+    Result r = CheckLink(1.0, rtt_s);
+    if (!r.ok()) return r;
+    if (count <= 0) return Result::BadInput("a plan needs at least one partition");
+    const int32_t n = g.num_nodes();
+    std::vector<PartitionSums> sums(static_cast<size_t>(count));
+    std::vector<int32_t> idx(static_cast<size_t>(count));
+    for (int32_t k = 0; k < count; ++k) {
+      const uint8_t* p = parts + static_cast<size_t>(k) * n;
+      r = g.CheckPartition(p);
+      if (!r.ok()) {
+        return Result::BadInput("partition " + std::to_string(k) + ": " + r.message());
+      }
+      sums[k] = SumPartition(g.costs(), p);
+      idx[k] = k;
+    }
+    auto c_of = [&](int32_t k) {
+      return std::max<long double>(sums[k].device_s, sums[k].server_s);
+    };
+    auto b_of = [&](int32_t k) { return static_cast<long double>(sums[k].bytes_sent); };
+    std::sort(idx.begin(), idx.end(), [&](int32_t i, int32_t j) {
+      if (b_of(i) != b_of(j)) return b_of(i) < b_of(j);
+      if (c_of(i) != c_of(j)) return c_of(i) < c_of(j);
+      return i < j;
+    });
+    std::vector<int32_t> keep;  // the Pareto points, bytes ascending
+    for (int32_t k : idx) {
+      if (!keep.empty() && c_of(keep.back()) <= c_of(k)) continue;  // dominated or equal
+      keep.push_back(k);
+    }
+    Plan& pl = *out;
+    pl.n_ = n;
+    pl.rtt_s_ = rtt_s;
+    pl.num_solves_ = 0;
+    pl.on_device_.clear();
+    pl.sent_.clear();
+    pl.sent_start_.assign(1, 0);
+    pl.parts_.clear();
+    pl.lines_.clear();
+    pl.breakpoints_bps_.clear();
+    for (size_t i = 0; i < keep.size(); ++i) {
+      const int32_t k = keep[i];
+      const uint8_t* p = parts + static_cast<size_t>(k) * n;
+      pl.on_device_.insert(pl.on_device_.end(), p, p + n);
+      const size_t at = pl.sent_.size();
+      pl.sent_.resize(at + static_cast<size_t>(sums[k].num_sent));
+      g.FillSent(p, pl.sent_.data() + at);
+      pl.sent_start_.push_back(static_cast<int64_t>(pl.sent_.size()));
+      pl.parts_.push_back(sums[k]);
+      pl.lines_.push_back(LineOf(sums[k], rtt_s));
+      if (i > 0) {
+        const long double bp = 8.0L * b_of(k) / c_of(keep[i - 1]);
+        pl.breakpoints_bps_.push_back(static_cast<double>(bp));
+      }
+    }
     return Result::Ok();
   }
 
