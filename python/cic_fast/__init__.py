@@ -1,7 +1,8 @@
 """cic_fast: exact, microsecond DNN partitioning between an edge device and a server.
 
 The core primitive is `min_cut`: the latency-optimal device/server partition of
-a layer DAG at one bandwidth (see DESIGN.md, "The cost model"); `Planner` is the
+a layer DAG at one bandwidth (see DESIGN.md, "The cost model"), and
+`max_throughput` the period-optimal one for a stream; `Planner` is the
 CIC splitting model, optimal at every bandwidth and decided in well under a
 microsecond. The model front end (`trace`, `profile`, `split`) turns a PyTorch
 model into that DAG, measures its per-layer costs and cuts it into runnable head
@@ -13,7 +14,15 @@ The package is layered, and imports run one way only (docs/architecture.md):
 ``evaluation`` <- ``cli``.
 """
 
-from cic_fast.core import Graph, Partition, Planner, PlanSegment, min_cut
+from cic_fast.core import (
+    BoundedPartition,
+    Graph,
+    Partition,
+    Planner,
+    PlanSegment,
+    max_throughput,
+    min_cut,
+)
 from cic_fast.frontend import (
     BoundaryTensor,
     LayerGraph,
@@ -28,6 +37,7 @@ from cic_fast.runtime import Client, Server
 
 __all__ = [
     "BoundaryTensor",
+    "BoundedPartition",
     "Client",
     "Graph",
     "LayerGraph",
@@ -38,6 +48,7 @@ __all__ = [
     "Server",
     "Split",
     "TraceError",
+    "max_throughput",
     "min_cut",
     "profile",
     "split",

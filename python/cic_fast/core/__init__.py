@@ -2,8 +2,8 @@
 
 numpy and the C++ extension only (no torch). Modules:
 
-- `cost`: `Partition`, the latency formula, validity and the sent set;
-- `graph`: `Graph` and `min_cut`, the exact optimum at one bandwidth;
+- `cost`: `Partition`, the latency and period formulas, validity and the sent set;
+- `graph`: `Graph`, `min_cut` and `max_throughput`, the exact optima at one bandwidth;
 - `planner`: `Planner` and `PlanSegment`, the CIC splitting model;
 - `planfile`: the plan's file format;
 - `baselines`: device-only, server-only and Neurosurgeon;
@@ -11,8 +11,16 @@ numpy and the C++ extension only (no torch). Modules:
 - `synthetic`: DNN-shaped graphs for tests and benchmarks.
 """
 
-from cic_fast.core.cost import Partition
-from cic_fast.core.graph import Graph, min_cut
+from cic_fast.core.cost import BoundedPartition, Partition
+from cic_fast.core.graph import Graph, max_throughput, min_cut
 from cic_fast.core.planner import Planner, PlanSegment
 
-__all__ = ["Graph", "Partition", "PlanSegment", "Planner", "min_cut"]
+__all__ = [
+    "BoundedPartition",
+    "Graph",
+    "Partition",
+    "PlanSegment",
+    "Planner",
+    "max_throughput",
+    "min_cut",
+]

@@ -15,7 +15,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["as_edges", "as_mask", "as_real", "as_vector", "check_factor", "check_rtt"]
+__all__ = [
+    "as_edges",
+    "as_mask",
+    "as_real",
+    "as_vector",
+    "check_factor",
+    "check_rtt",
+    "check_steps",
+]
 
 _INT64_MAX = np.iinfo(np.int64).max
 
@@ -101,3 +109,14 @@ def check_factor(value: Any, name: str) -> float:
     if not (math.isfinite(f) and f > 0.0):
         raise ValueError(f"{name} must be finite and > 0, got {f}")
     return f
+
+
+def check_steps(max_steps: Any) -> int:
+    """A search's step limit: an int >= 0 (TypeError / ValueError otherwise)."""
+    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)):
+        raise TypeError(f"max_steps must be an int, got {type(max_steps).__name__}")
+    if max_steps < 0:
+        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
+    if max_steps > 2**62:
+        raise ValueError(f"max_steps must be <= 2**62, got {max_steps}")
+    return int(max_steps)

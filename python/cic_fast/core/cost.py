@@ -24,11 +24,14 @@ import numpy.typing as npt
 from cic_fast import _core
 
 __all__ = [
+    "BoundedPartition",
     "Partition",
+    "bounded",
     "check_partition",
     "counted_rtt",
     "latency_s",
     "make_partition",
+    "period_s",
     "partition_from_core",
     "price",
     "sent_set",
@@ -81,6 +84,26 @@ class Partition(_core.PartitionBase):
     bandwidth_bps: float
 
     @property
+    def period_s(self) -> float:
+        """The pipeline period of a stream split this way: `period_s` of the three parts.
+
+        ``max(device_s, transfer_s, server_s)`` (all-device: ``device_s``): with
+        device, link and server working on different frames, one frame leaves
+        every ``period_s`` seconds. Recomputed from the partition's own parts.
+        """
+        return period_s(self.device_s, self.transfer_s, self.server_s)
+
+    @property
+    def optimal(self) -> bool:
+        """False only for a `max_throughput` answer whose search hit its step limit."""
+        return True
+
+    @property
+    def gap_s(self) -> float:
+        """``period_s`` minus a proven lower bound on the best period (0 when optimal)."""
+        return 0.0
+
+    @property
     def offloads(self) -> bool:
         """True if at least one layer runs on the server."""
         return not bool(self.on_device.all())
@@ -101,7 +124,62 @@ class Partition(_core.PartitionBase):
         )
 
 
+class BoundedPartition(Partition):
+    """A `Partition` from a search that may have stopped early (`max_throughput`).
+
+    ``optimal`` is False when the search reached its step limit; the partition is
+    then the best one found and ``gap_s`` says how far from the optimum it may be
+    (its period minus a proven lower bound). Otherwise as `Partition`.
+    """
+
+    __slots__ = ("_gap_s", "_optimal")
+
+    @property
+    def optimal(self) -> bool:
+        """True if no partition has a smaller period (the search finished)."""
+        return self._optimal
+
+    @property
+    def gap_s(self) -> float:
+        """``period_s`` minus a proven lower bound on the best period (0 when optimal)."""
+        return self._gap_s
+
+    def __repr__(self) -> str:
+        extra = "" if self._optimal else f", optimal=False, gap_s={self._gap_s:.6g}"
+        return super().__repr__()[:-1] + extra + ")"
+
+
+def bounded(p: Partition, optimal: bool, lower_bound_s: float) -> BoundedPartition:
+    """``p`` as a `BoundedPartition` with its search status (gap from ``lower_bound_s``)."""
+    out = BoundedPartition(
+        p.on_device,
+        p.latency_s,
+        p.device_s,
+        p.transfer_s,
+        p.server_s,
+        p.rtt_s,
+        p.bytes_sent,
+        p.sent,
+        p.bandwidth_bps,
+    )
+    out._optimal = bool(optimal)
+    out._gap_s = 0.0 if optimal else max(0.0, out.period_s - float(lower_bound_s))
+    return out
+
+
 # -- the formula ---------------------------------------------------------------------
+
+
+def period_s(device_s: Any, transfer_s: Any, server_s: Any) -> Any:
+    """The pipeline period of a partition from its parts (scalars, or arrays elementwise).
+
+    ``max(device_s, transfer_s, server_s)``: the slowest of the three stages a
+    stream's frames pass through. The rtt does not count: with frames in flight
+    back to back, a round trip delays each frame but not the rate.
+    """
+    if isinstance(device_s, np.ndarray) or isinstance(transfer_s, np.ndarray):
+        return np.maximum(np.maximum(device_s, transfer_s), server_s)
+    return max(device_s, transfer_s, server_s)
 
 
 def transfer_s(bytes_sent: Any, bandwidth_bps: Any) -> Any:

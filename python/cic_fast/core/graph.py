@@ -13,10 +13,15 @@ import numpy as np
 import numpy.typing as npt
 
 from cic_fast import _core
-from cic_fast.core.checks import as_edges, as_mask, as_real, as_vector
-from cic_fast.core.cost import Partition, partition_from_core
+from cic_fast.core.checks import as_edges, as_mask, as_real, as_vector, check_steps
+from cic_fast.core.cost import BoundedPartition, Partition, bounded, partition_from_core
 
-__all__ = ["Graph", "core_graph", "min_cut"]
+__all__ = ["MAX_STEPS", "Graph", "core_graph", "max_throughput", "min_cut"]
+
+# The throughput search's default limit (decisions of the branch and bound): far
+# above what any traced model needs (a few thousand to a few hundred thousand on
+# 700-layer graphs), and about a second of search on an edge CPU.
+MAX_STEPS = 20_000_000
 
 
 class Graph:
@@ -127,6 +132,47 @@ class Graph:
         rtt = as_real(rtt_s, "rtt_s")
         return self._core.min_cut_as(Partition, bw, rtt)
 
+    def max_throughput(
+        self, bandwidth_bps: float, rtt_s: float = 0.0, *, max_steps: int = MAX_STEPS
+    ) -> BoundedPartition:
+        """Return the partition with the smallest pipeline period at one bandwidth.
+
+        The period is ``max(device_s, transfer_s, server_s)`` (DESIGN.md,
+        "Streams"): the frame rate of a stream is its inverse. The problem is
+        NP-hard on general DAGs; the search is an exact branch and bound over the
+        valid partitions (``cpp/include/cic/period.hpp`` states the algorithm and
+        why its bounds are valid), which takes well under a millisecond on
+        700-layer DNN graphs.
+
+        Parameters
+        ----------
+        bandwidth_bps : float
+            Link bandwidth in bits per second, > 0 (``inf``: no transfer time).
+        rtt_s : float, optional
+            Only priced into ``latency_s`` of the answer; the period has no rtt.
+        max_steps : int, optional
+            Limit on the search's decisions. Past it the best partition found is
+            returned with ``optimal=False`` and ``gap_s`` (its period minus a
+            proven lower bound): never a silent approximation.
+
+        Returns
+        -------
+        BoundedPartition
+            Among optimal partitions the one sending fewest bytes; its period is
+            recomputed from the partition with the cost model.
+
+        Notes
+        -----
+        The search releases the GIL; threads may share one Graph.
+        """
+        bw = as_real(bandwidth_bps, "bandwidth_bps")
+        rtt = as_real(rtt_s, "rtt_s")
+        steps = check_steps(max_steps)
+        if not bw > 0.0:
+            raise ValueError(f"bandwidth_bps must be > 0, got {bw}")
+        on, optimal, lower_bound, _ = self._core.min_period(bw, steps)
+        return bounded(self.evaluate(on, bw, rtt), optimal, lower_bound)
+
     def evaluate(self, on_device: Any, bandwidth_bps: float, rtt_s: float = 0.0) -> Partition:
         """Price a given partition with the cost model.
 
@@ -208,3 +254,32 @@ def min_cut(
     ([1], 1000)
     """
     return Graph(edges, device_s, server_s, out_bytes).min_cut(bandwidth_bps, rtt_s)
+
+
+def max_throughput(
+    edges: Any,
+    device_s: Any,
+    server_s: Any,
+    out_bytes: Any,
+    bandwidth_bps: float,
+    *,
+    rtt_s: float = 0.0,
+    max_steps: int = MAX_STEPS,
+) -> BoundedPartition:
+    """Return the valid partition with the smallest pipeline period (exact).
+
+    ``Graph(edges, device_s, server_s, out_bytes).max_throughput(bandwidth_bps,
+    rtt_s, max_steps=max_steps)``: see `Graph.max_throughput`. The period
+    ``max(device_s, transfer_s, server_s)`` is on every Partition as
+    ``period_s``; frames per second are ``1 / period_s``.
+
+    Examples
+    --------
+    >>> p = max_throughput([(0, 1), (1, 2)], [0.0, 0.05, 0.05], [0.0, 0.005, 0.005],
+    ...                    [600e3, 1e3, 4e3], bandwidth_bps=10e6)
+    >>> p.on_device.tolist(), round(p.period_s, 6), p.optimal
+    ([True, True, False], 0.05, True)
+    """
+    return Graph(edges, device_s, server_s, out_bytes).max_throughput(
+        bandwidth_bps, rtt_s, max_steps=max_steps
+    )

@@ -8,7 +8,8 @@ Layout, all little-endian::
     sha256  32 bytes  of the payload
     payload:
       u64 header length, then a JSON header
-        {"n", "E", "K", "rtt_s", "names", "stats", "sizes"}
+        {"n", "E", "K", "rtt_s", "names", "stats", "sizes", "objective"}
+      ("objective": "latency" or "throughput"; files without it are latency plans)
       edges (E, 2) i8, device_s n f8, server_s n f8, out_bytes n f8,
       partitions (K, ceil(n / 8)) u1 (np.packbits rows), breakpoints K - 1 f8
 
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["MAGIC", "VERSION", "PlanFile", "decode", "encode"]
+__all__ = ["MAGIC", "OBJECTIVES", "VERSION", "PlanFile", "decode", "encode"]
 
 MAGIC = b"CICPLAN\x00"
 VERSION = 1
@@ -54,6 +55,8 @@ class PlanFile:
         K - 1 float64, ascending.
     stats : dict
         The build statistics saved with the plan.
+    objective : str
+        ``"latency"`` or ``"throughput"`` (what the partitions optimise).
     """
 
     edges: npt.NDArray[np.int64]
@@ -65,6 +68,10 @@ class PlanFile:
     partitions: npt.NDArray[np.bool_]
     breakpoints_bps: npt.NDArray[np.float64]
     stats: dict[str, Any]
+    objective: str = "latency"
+
+
+OBJECTIVES = ("latency", "throughput")
 
 
 def encode(f: PlanFile) -> bytes:
@@ -87,6 +94,7 @@ def encode(f: PlanFile) -> bytes:
         "names": None if f.names is None else list(f.names),
         "stats": f.stats,
         "sizes": [int(a.nbytes) for a in arrays],
+        "objective": f.objective,
     }
     head = json.dumps(meta).encode()
     payload = struct.pack("<Q", len(head)) + head + b"".join(a.tobytes() for a in arrays)
@@ -131,6 +139,9 @@ def decode(data: bytes, *, name: str = "data") -> PlanFile:
             return np.frombuffer(buf[offs[i] : offs[i + 1]], dtype=dtype).copy()
 
         names = meta.get("names")
+        objective = meta.get("objective", "latency")  # files before the throughput plan
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}")
         return PlanFile(
             edges=arr(0, "<i8").reshape(e, 2),
             device_s=arr(1, "<f8"),
@@ -141,6 +152,7 @@ def decode(data: bytes, *, name: str = "data") -> PlanFile:
             partitions=np.unpackbits(arr(4, "u1").reshape(k, -1), axis=1, count=n).astype(np.bool_),
             breakpoints_bps=arr(5, "<f8"),
             stats=dict(meta.get("stats") or {}),
+            objective=objective,
         )
     except (KeyError, TypeError, ValueError, struct.error) as exc:
         raise ValueError(f"plan file is malformed: {exc}") from None

@@ -7,6 +7,14 @@ computes it once, offline (exact compression of the graph, then the
 Eisner-Severance breakpoint search with at most ``2K - 1`` min-cuts), and
 `Planner.decide` is then a binary search over the ``K - 1`` breakpoints.
 
+With ``objective="throughput"`` the plan minimises the pipeline period of a
+stream, ``max(device_s, 8 * bytes_sent * x, server_s)`` with ``x = 1 /
+bandwidth``, instead: over all bandwidths its pieces are the Pareto front of
+``max(device_s, server_s)`` against the bytes sent (an exact branch and bound,
+``cpp/include/cic/period.hpp``), and the decision is the same binary search
+(``cpp/include/cic/plan.hpp``, ``FromThroughputPartitions``, derives the
+breakpoints).
+
 Build it from arrays (`Planner`) or from a traced model and two profiles
 (`Planner.from_profiles`); keep it as a file (`Planner.save` / `Planner.load`).
 """
@@ -16,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
@@ -25,9 +34,9 @@ import numpy.typing as npt
 
 from cic_fast import _core
 from cic_fast.core import cost, planfile
-from cic_fast.core.checks import as_real, check_factor, check_rtt
+from cic_fast.core.checks import as_real, check_factor, check_rtt, check_steps
 from cic_fast.core.cost import Partition
-from cic_fast.core.graph import Graph, core_graph
+from cic_fast.core.graph import MAX_STEPS, Graph, core_graph
 
 
 class TracedGraph(Protocol):
@@ -52,7 +61,7 @@ class CostProfile(Protocol):
     def check(self, graph: Any) -> None: ...
 
 
-__all__ = ["CostProfile", "PlanSegment", "Planner", "TracedGraph"]
+__all__ = ["CostProfile", "PlanSegment", "Planner", "TracedGraph", "check_objective"]
 
 
 class PlanSegment(NamedTuple):
@@ -78,6 +87,23 @@ class PlanSegment(NamedTuple):
             cost.latency_s(self.device_s, self.server_s, self.bytes_sent, bandwidth_bps, self.rtt_s)
         )
 
+    def period_s(self, bandwidth_bps: float) -> float:
+        """Pipeline period of this partition at a bandwidth (bits/s), by the cost model."""
+        return float(
+            cost.period_s(
+                self.device_s, cost.transfer_s(self.bytes_sent, bandwidth_bps), self.server_s
+            )
+        )
+
+
+def check_objective(objective: Any) -> str:
+    """``objective`` if it is ``"latency"`` or ``"throughput"`` (TypeError / ValueError)."""
+    if not isinstance(objective, str):
+        raise TypeError(f"objective must be a str, got {type(objective).__name__}")
+    if objective not in planfile.OBJECTIVES:
+        raise ValueError(f"objective must be 'latency' or 'throughput', got {objective!r}")
+    return objective
+
 
 def _readonly(a: np.ndarray) -> np.ndarray:
     a.setflags(write=False)
@@ -99,9 +125,19 @@ class Planner:
         Round-trip time added when anything is offloaded.
     compress : bool, optional
         Plan on the exactly compressed graph (default). The result is the same
-        either way; compression makes the build faster on large models.
+        either way; compression makes the build faster on large models. The
+        compression is exact for latency only: a throughput plan always
+        searches the full graph.
     names : sequence of str, optional
         Layer names, kept for display and saved with the plan.
+    objective : {"latency", "throughput"}, optional
+        What `decide` minimises: the latency of one request (default), or the
+        pipeline period ``max(device_s, transfer_s, server_s)`` of a stream
+        (``Partition.period_s``; frames per second are its inverse).
+    max_steps : int, optional
+        The throughput search's step limit (`cic_fast.Graph.max_throughput`).
+        If it is reached the plan holds the Pareto points found so far and
+        ``stats["complete"]`` is False (a RuntimeWarning says so).
 
     Raises
     ------
@@ -133,10 +169,14 @@ class Planner:
         rtt_s: float = 0.0,
         compress: bool = True,
         names: Any = None,
+        objective: str = "latency",
+        max_steps: int = MAX_STEPS,
     ) -> None:
         start = time.perf_counter()
         graph = Graph(edges, device_s, server_s, out_bytes)
         rtt = check_rtt(rtt_s)
+        objective = check_objective(objective)
+        steps = check_steps(max_steps)
         names_t = None if names is None else tuple(str(x) for x in names)
         if names_t is not None and len(names_t) != graph.n_nodes:
             raise ValueError(f"names has {len(names_t)} entries for {graph.n_nodes} layers")
@@ -145,7 +185,23 @@ class Planner:
             "original_edges": graph.n_edges,
         }
         t0 = time.perf_counter()
-        if compress:
+        if objective == "throughput":
+            plan, complete, searched = _core.Plan.throughput(core_graph(graph), rtt, steps)
+            stats.update(
+                compressed_nodes=graph.n_nodes,
+                compressed_edges=graph.n_edges,
+                min_cuts=0,
+                search_steps=int(searched),
+                complete=bool(complete),
+            )
+            if not complete:
+                warnings.warn(
+                    f"throughput plan: the search stopped at max_steps={steps}; the plan "
+                    "holds the Pareto points found so far (stats['complete'] is False)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        elif compress:
             plan, c_stats = _core.Plan.compressed(core_graph(graph), rtt)
             stats.update(
                 compressed_nodes=int(c_stats["compressed_nodes"]),
@@ -164,8 +220,10 @@ class Planner:
         self._graph = graph
         self._rtt = rtt
         self._names = names_t
+        self._objective = objective
         self._adopt(plan)
         stats["K"] = len(self._segs)
+        stats["objective"] = objective
         stats["build_s"] = time.perf_counter() - start
         self._stats = stats
 
@@ -196,6 +254,10 @@ class Planner:
 
     def decide(self, bandwidth_bps: float) -> Partition:
         """Return the optimal partition at a bandwidth, in about a microsecond.
+
+        Optimal for the plan's `objective`: the smallest ``latency_s``, or for a
+        throughput plan the smallest ``period_s`` (then among equal periods the
+        fewest bytes; ``latency_s`` is still priced, with the plan's rtt).
 
         Parameters
         ----------
@@ -265,6 +327,11 @@ class Planner:
         return self._rtt
 
     @property
+    def objective(self) -> str:
+        """``"latency"`` or ``"throughput"``: what `decide` minimises."""
+        return self._objective
+
+    @property
     def names(self) -> tuple[str, ...] | None:
         """Layer names, if given."""
         return self._names
@@ -302,6 +369,22 @@ class Planner:
             g.out_bytes,
             rtt_s=self._rtt,
             names=self._names,
+            objective=self._objective,
+        )
+
+    def with_objective(self, objective: str) -> Planner:
+        """This plan's graph, costs and rtt planned for ``objective`` (self if the same)."""
+        if check_objective(objective) == self._objective:
+            return self
+        g = self._graph
+        return Planner(
+            g.edges,
+            g.device_s,
+            g.server_s,
+            g.out_bytes,
+            rtt_s=self._rtt,
+            names=self._names,
+            objective=objective,
         )
 
     @classmethod
@@ -311,6 +394,8 @@ class Planner:
         device_profile: CostProfile,
         server_profile: CostProfile,
         rtt_s: float = 0.0,
+        *,
+        objective: str = "latency",
     ) -> Planner:
         """The plan of a traced model from its device and server profiles.
 
@@ -328,6 +413,7 @@ class Planner:
             graph.out_bytes,
             rtt_s=rtt_s,
             names=graph.names,
+            objective=objective,
         )
 
     # -- the file --------------------------------------------------------------------
@@ -359,6 +445,7 @@ class Planner:
                 partitions=np.stack(self.partitions),
                 breakpoints_bps=np.asarray(self._bps, dtype=np.float64),
                 stats={k: v for k, v in self._stats.items() if k != "passes"},
+                objective=self._objective,
             )
         )
 
@@ -386,8 +473,14 @@ class Planner:
         self._graph = Graph(f.edges, f.device_s, f.server_s, f.out_bytes)
         self._rtt = check_rtt(f.rtt_s)
         self._names = f.names
+        self._objective = f.objective
         k = f.partitions.shape[0]
-        plan = _core.Plan.from_partitions(core_graph(self._graph), self._rtt, f.partitions)
+        build = (
+            _core.Plan.from_throughput_partitions
+            if f.objective == "throughput"
+            else _core.Plan.from_partitions
+        )
+        plan = build(core_graph(self._graph), self._rtt, f.partitions)
         self._adopt(plan)
         if len(self._segs) != k or not np.array_equal(np.asarray(self._bps), f.breakpoints_bps):
             raise ValueError("plan file is inconsistent: its partitions give other breakpoints")
@@ -403,5 +496,7 @@ class Planner:
     def __repr__(self) -> str:
         return (
             f"Planner(n_nodes={self.n_nodes}, K={len(self._segs)}, "
-            f"breakpoints_bps={[float(f'{b:.4g}') for b in self._bps]}, rtt_s={self._rtt})"
+            f"breakpoints_bps={[float(f'{b:.4g}') for b in self._bps]}, rtt_s={self._rtt}"
+            + ("" if self._objective == "latency" else f", objective={self._objective!r}")
+            + ")"
         )
