@@ -175,6 +175,33 @@ def test_planner_decides_every_frame(setup, server):
 
 
 @pytest.mark.slow
+def test_throughput_objective_splits_for_the_frame_rate(setup, server):
+    """objective="throughput": each frame takes the period-optimal partition, not the latency one.
+
+    At 10 Mbit/s this model's latency optimum keeps 11 layers on the device and its
+    period optimum 9 (a smaller period, a larger latency).
+    """
+    rate = 1e7
+    lat = setup.planner.decide(rate)
+    with setup.client(server.address, bandwidth_bps=rate) as cli:
+        thr_planner = cli.planner_for("throughput")
+        assert cli.planner_for("throughput") is thr_planner  # built once
+        assert cli.planner_for("latency") is setup.planner
+        assert cli.planner_for(None) is setup.planner
+        thr = thr_planner.decide(rate)
+        assert thr.period_s < lat.period_s and thr.latency_s >= lat.latency_s
+        outs, recs = run(cli, setup.frames, objective="throughput")
+        with pytest.raises(ValueError, match="objective"):
+            cli.stream(setup.frames, objective="fps")
+    for want, got in zip(setup.expected, outs, strict=True):
+        assert_same(want, got)
+    for r in recs:
+        assert not r.fallback, r.error
+        assert np.array_equal(r.partition.on_device, thr.on_device)
+    assert server.stats["requests"] == N_FRAMES
+
+
+@pytest.mark.slow
 def test_estimated_bandwidth_probes_once_and_samples(setup, server):
     with setup.client(server.address) as cli:
         assert cli.estimator.estimate() is None

@@ -14,7 +14,13 @@ import numpy.typing as npt
 
 from cic_fast import _core
 from cic_fast.core.checks import as_edges, as_mask, as_real, as_vector, check_steps
-from cic_fast.core.cost import BoundedPartition, Partition, bounded, partition_from_core
+from cic_fast.core.cost import (
+    BoundedPartition,
+    Partition,
+    bounded,
+    make_partition,
+    partition_from_core,
+)
 
 __all__ = ["MAX_STEPS", "Graph", "core_graph", "max_throughput", "min_cut"]
 
@@ -171,7 +177,19 @@ class Graph:
         if not bw > 0.0:
             raise ValueError(f"bandwidth_bps must be > 0, got {bw}")
         on, optimal, lower_bound, _ = self._core.min_period(bw, steps)
-        return bounded(self.evaluate(on, bw, rtt), optimal, lower_bound)
+        # Sums from the core (bandwidth-free), priced at bw by the formula (bw may be inf).
+        sums = partition_from_core(self._core.evaluate(on, 1.0, rtt), 1.0)
+        p = make_partition(
+            sums.on_device,
+            sums.sent,
+            sums.device_s,
+            sums.server_s,
+            sums.bytes_sent,
+            bw,
+            rtt,
+            sums.offloads,
+        )
+        return bounded(p, optimal, lower_bound)
 
     def evaluate(self, on_device: Any, bandwidth_bps: float, rtt_s: float = 0.0) -> Partition:
         """Price a given partition with the cost model.

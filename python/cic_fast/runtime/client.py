@@ -46,7 +46,7 @@ import numpy as np
 from cic_fast.core import cost
 from cic_fast.core.baselines import device_only
 from cic_fast.core.cost import Partition
-from cic_fast.core.planner import Planner
+from cic_fast.core.planner import Planner, check_objective
 from cic_fast.frontend.cutting import build_parts
 from cic_fast.frontend.fxsafety import MODULE_GATE
 from cic_fast.frontend.profiling import Profile
@@ -945,6 +945,10 @@ class Client:
         self.cache_size = int(cache_size)
         self._parts: OrderedDict[bytes, tuple[Any, Any]] = OrderedDict()
         self._parts_lock = threading.Lock()
+        # the same graph planned for the other objective, built on first use
+        self._planners: dict[str, Planner] = {planner.objective: planner}
+        self._planners_base = planner
+        self._planners_lock = threading.Lock()
         self._checked: OrderedDict[bytes, None] = OrderedDict()  # masks known valid
         self._out_wire = {
             str(i): (str(dtype).removeprefix("torch."), tuple(shape))
@@ -1563,11 +1567,32 @@ class Client:
             self._failures = 0
             return self.estimator.estimate()
 
-    def _decide_at(self, bw: float | None) -> Partition:
+    def planner_for(self, objective: str | None) -> Planner:
+        """The Planner deciding for ``objective`` (None: `planner`, whatever its objective).
+
+        ``"latency"`` or ``"throughput"``: `planner` if it has that objective, else
+        the same graph, costs and rtt planned for it (built once, on first use,
+        then shared by every thread).
+        """
+        if objective is None:
+            return self.planner
+        objective = check_objective(objective)
+        base = self.planner
+        with self._planners_lock:
+            if self._planners_base is not base:  # planner was replaced: start over
+                self._planners_base = base
+                self._planners = {base.objective: base}
+            p = self._planners.get(objective)
+            if p is None:
+                p = self._planners[objective] = base.with_objective(objective)
+            return p
+
+    def _decide_at(self, bw: float | None, planner: Planner | None = None) -> Partition:
+        planner = planner or self.planner
         if bw is None or self.server_down:
             on = device_only(self.graph.n_nodes)
-            return self.planner.graph.evaluate(on, bw or 1.0, self.rtt_s)
-        return self.planner.decide(bw)
+            return planner.graph.evaluate(on, bw or 1.0, self.rtt_s)
+        return planner.decide(bw)
 
     def infer(self, *inputs: Any) -> Any:
         """Run the model on ``inputs``, split at the current bandwidth.
@@ -1805,9 +1830,16 @@ class Client:
         frames: Iterable[Any],
         *,
         on_device: Any = None,
-        max_in_flight: int = 2,
+        max_in_flight: int | None = None,
+        objective: str | None = None,
     ) -> Generator[Any, None, None]:
         """Run the model on a sequence of frames, device, link and server pipelined.
+
+        With ``objective="throughput"`` each frame is split where the stream's
+        frame rate is highest: the partition with the smallest pipeline period
+        ``max(device_s, transfer_s, server_s)`` at the current bandwidth
+        (`Planner` with ``objective="throughput"``, built once per Client),
+        rather than the lowest latency of one request.
 
         All frames go over one connection: while frame ``i`` is on the link or on
         the server, the device already computes the head of frame ``i + 1`` (a
@@ -1841,10 +1873,14 @@ class Client:
             one at a time, as the device gets to it.
         on_device : array-like of bool, optional
             Force this partition for every frame (checked now).
-        max_in_flight : int
+        max_in_flight : int, optional
             Most frames whose head has run and whose output is not yielded yet
             (>= 1; 1 runs the frames one after another). A pipeline of device,
-            link and server keeps all three busy from 3 on.
+            link and server keeps all three busy from 3 on. Default: 3 for
+            ``objective="throughput"``, else 2.
+        objective : {None, "latency", "throughput"}, optional
+            What each frame's decision optimises; None (default) decides with
+            `planner` as `infer` does.
 
         Yields
         ------
@@ -1856,21 +1892,28 @@ class Client:
         Raises
         ------
         ValueError
-            An invalid ``on_device``, or ``max_in_flight`` < 1 (raised by this
-            call, before any frame is read).
+            An invalid ``on_device``, ``max_in_flight`` < 1, or an unknown
+            ``objective`` (raised by this call, before any frame is read).
         TypeError
-            ``max_in_flight`` not an int; a frame that is neither a tensor nor a
-            tuple (raised when it is read).
+            ``max_in_flight`` not an int, ``objective`` not a str; a frame that is
+            neither a tensor nor a tuple (raised when it is read).
         """
+        planner = self.planner_for(objective)
+        if max_in_flight is None:
+            max_in_flight = 3 if planner.objective == "throughput" else 2
         if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int):
             raise TypeError("max_in_flight must be an int")
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
         forced = None if on_device is None else self._check_partition(on_device)
-        return self._stream(iter(frames), forced, max_in_flight)
+        return self._stream(iter(frames), forced, max_in_flight, planner)
 
     def _stream(
-        self, frames: Iterator[Any], forced: np.ndarray | None, max_in_flight: int
+        self,
+        frames: Iterator[Any],
+        forced: np.ndarray | None,
+        max_in_flight: int,
+        planner: Planner,
     ) -> Generator[Any, None, None]:
         pending: deque[_Job] = deque()
         pipe: _Pipe | None = None
@@ -1893,7 +1936,7 @@ class Client:
                 bw = self.bandwidth_bps or self.estimator.estimate() or bw_last
                 bw_last = bw
                 if forced is None:
-                    partition = self._decide_at(bw)
+                    partition = self._decide_at(bw, planner)
                     self._note_decision(partition, bw, False)
                 else:
                     partition = self._price(forced, bw)
