@@ -356,6 +356,50 @@ def test_evaluate_end_to_end_userspace(tmp_path):
         assert (tmp_path / "p.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
+def test_evaluate_throughput_end_to_end_userspace(tmp_path):
+    pytest.importorskip("torchvision")
+    from cic_fast.evaluation import THROUGHPUT_METHODS, evaluate_throughput
+
+    rows = evaluate_throughput(
+        ["resnet18"],
+        [2e6, 50e6],
+        out_dir=tmp_path,
+        device_slowdown=3.0,
+        stream_frames=4,
+        input_size=32,
+        link="userspace",
+        slowdown_method="sleep",
+        profile_repeats=1,
+        timeout_s=30.0,
+        log=lambda s: None,
+    )
+    assert [r.rate_bps for r in rows] == [2e6, 50e6]
+    lo, hi = MEASURED_OVER_PREDICTED
+    for row in rows:
+        bw = row.rate_bps
+        assert list(row.methods) == list(THROUGHPUT_METHODS)
+        best = row.methods["cic-throughput"].predicted_period_s
+        for m in row.methods.values():
+            where = (m.method, bw, m.fps, m.predicted_period_s)
+            assert m.measured and m.fallbacks == 0 and m.frames == 4, where
+            # the period-optimal split: no method predicts a smaller period
+            assert m.predicted_period_s >= best * (1 - 1e-9), where
+            # measured period against the cost model's (see MEASURED_OVER_PREDICTED)
+            assert lo * m.predicted_period_s <= m.measured_period_s, where
+            assert m.measured_period_s <= hi * max(m.predicted_period_s, 1e-3), where
+            if m.n_on_device < m.n_nodes:  # the shaped link bounds any stream
+                assert m.fps <= STREAM_OVER_LINK_BOUND * bw / (8 * m.bytes_sent), where
+        assert row.methods["dads-heavy"].decision_s > 0
+        assert row.gain_over_fixed() == pytest.approx(
+            row.methods["cic-throughput"].fps
+            / max(row.methods["device-only"].fps, row.methods["server-only"].fps)
+        )
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["throughput_rows"]) == 2
+    assert saved["throughput_meta"]["objective"] == "throughput"
+
+
 def test_evaluate_rejects_bad_factors(tmp_path):
     from cic_fast.evaluation import evaluate
 

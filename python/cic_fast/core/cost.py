@@ -133,6 +133,8 @@ class BoundedPartition(Partition):
     """
 
     __slots__ = ("_gap_s", "_optimal")
+    _gap_s: float
+    _optimal: bool
 
     @property
     def optimal(self) -> bool:

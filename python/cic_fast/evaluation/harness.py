@@ -56,9 +56,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cic_fast.evaluation.report import TRACE_METHODS, EvalRow, MethodResult, format_table
+from cic_fast.evaluation.report import (
+    TRACE_METHODS,
+    EvalRow,
+    MethodResult,
+    ThroughputResult,
+    ThroughputRow,
+    format_table,
+    format_throughput_table,
+)
 
-__all__ = ["SETUP_RATE_BPS", "check_plan", "evaluate", "evaluate_traces"]
+__all__ = [
+    "SETUP_RATE_BPS",
+    "check_plan",
+    "evaluate",
+    "evaluate_throughput",
+    "evaluate_traces",
+]
 
 
 class _Proc:
@@ -441,6 +455,101 @@ def evaluate(
     list of EvalRow
         One per (model, rate), models outer.
     """
+    return _fixed_rates(
+        models,
+        rates_bps,
+        objective="latency",
+        out_dir=out_dir,
+        device_slowdown=device_slowdown,
+        server_speedup=server_speedup,
+        requests=requests,
+        stream_frames=stream_frames,
+        input_size=input_size,
+        input_dtype=input_dtype,
+        rtt_s=rtt_s,
+        link=link,
+        slowdown_method=slowdown_method,
+        max_predicted_s=max_predicted_s,
+        profile_repeats=profile_repeats,
+        timeout_s=timeout_s,
+        log=log,
+    )[0]
+
+
+def evaluate_throughput(
+    models: Sequence[str],
+    rates_bps: Sequence[float],
+    *,
+    out_dir: str | os.PathLike[str],
+    device_slowdown: float = 8.0,
+    server_speedup: float | None = None,
+    stream_frames: int = 16,
+    input_size: int = 224,
+    input_dtype: str = "float32",
+    rtt_s: float = 0.0,
+    link: str = "auto",
+    slowdown_method: str = "auto",
+    max_predicted_s: float = 12.0,
+    profile_repeats: int = 3,
+    timeout_s: float = 120.0,
+    log: Callable[[str], None] | None = None,
+) -> list[ThroughputRow]:
+    """Frames per second of a pipelined stream, per method, model and rate.
+
+    The emulation is :func:`evaluate`'s. For each rate every method of
+    `cic_fast.evaluation.report.THROUGHPUT_METHODS` decides a partition (the
+    throughput Planner's ``decide`` timed like :func:`evaluate`'s decisions, DSH
+    once: it runs up to thousands of min cuts), and that partition streams
+    ``stream_frames`` frames over one connection with every frame in flight
+    (`cic_fast.Client.stream`, after a two-frame warm-up): fps = (frames - 1) /
+    (time from the first answer to the last). Each result carries the cost
+    model's period beside the measured one. Methods that choose the same
+    partition share its stream. Writes ``results.json`` (``throughput_meta``,
+    ``throughput_rows``) and returns one `ThroughputRow` per (model, rate).
+    """
+    return _fixed_rates(
+        models,
+        rates_bps,
+        objective="throughput",
+        out_dir=out_dir,
+        device_slowdown=device_slowdown,
+        server_speedup=server_speedup,
+        requests=1,
+        stream_frames=stream_frames,
+        input_size=input_size,
+        input_dtype=input_dtype,
+        rtt_s=rtt_s,
+        link=link,
+        slowdown_method=slowdown_method,
+        max_predicted_s=max_predicted_s,
+        profile_repeats=profile_repeats,
+        timeout_s=timeout_s,
+        log=log,
+    )[1]
+
+
+def _fixed_rates(
+    models: Sequence[str],
+    rates_bps: Sequence[float],
+    *,
+    objective: str,
+    out_dir: str | os.PathLike[str],
+    device_slowdown: float,
+    server_speedup: float | None,
+    requests: int,
+    stream_frames: int,
+    input_size: int,
+    input_dtype: str,
+    rtt_s: float,
+    link: str,
+    slowdown_method: str,
+    max_predicted_s: float,
+    profile_repeats: int,
+    timeout_s: float,
+    log: Callable[[str], None] | None,
+) -> tuple[list[EvalRow], list[ThroughputRow]]:
+    """The fixed-rate runs of :func:`evaluate` (latency) and :func:`evaluate_throughput`."""
+
     say = log or (lambda s: print(s, file=sys.stderr, flush=True))
     _check_common(float(device_slowdown), server_speedup, input_size)
     if requests < 1 or stream_frames < 1:
@@ -451,6 +560,8 @@ def evaluate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[EvalRow] = []
+    trows: list[ThroughputRow] = []
+    command: dict[str, Any] = {} if objective == "latency" else {"objective": objective}
     with contextlib.ExitStack() as stack:
         lab = _Lab(
             stack,
@@ -472,6 +583,7 @@ def evaluate(
             "input_size": input_size,
             "input_dtype": input_dtype,
             "max_predicted_s": max_predicted_s,
+            "objective": objective,
         }
         worker_cfg = {
             "requests": requests,
@@ -499,7 +611,16 @@ def evaluate(
                 for bw in rates:
                     rig.set_rate(bw)
                     say(f"{rig.name} at {bw / 1e6:g} Mbit/s")
-                    ans = rig.ask({"rate_bps": bw}, per_rate_s)
+                    ans = rig.ask({"rate_bps": bw, **command}, per_rate_s)
+                    if objective == "throughput":
+                        trow = ThroughputRow(
+                            rig.name,
+                            bw,
+                            {k: ThroughputResult(**v) for k, v in ans["methods"].items()},
+                        )
+                        trows.append(trow)
+                        say(format_throughput_table([trow], header=False))
+                        continue
                     row = EvalRow(
                         rig.name,
                         bw,
@@ -507,8 +628,13 @@ def evaluate(
                     )
                     rows.append(row)
                     say(format_table([row], header=False))
-    _write_results(out, {"meta": meta, "rows": [r.to_dict() for r in rows]})
-    return rows
+    if objective == "throughput":
+        _write_results(
+            out, {"throughput_meta": meta, "throughput_rows": [r.to_dict() for r in trows]}
+        )
+    else:
+        _write_results(out, {"meta": meta, "rows": [r.to_dict() for r in rows]})
+    return rows, trows
 
 
 def _write_results(out: Path, update: dict[str, Any]) -> None:

@@ -14,10 +14,14 @@ import numpy as np
 
 __all__ = [
     "METHODS",
+    "THROUGHPUT_METHODS",
     "TRACE_METHODS",
     "EvalRow",
     "MethodResult",
+    "ThroughputResult",
+    "ThroughputRow",
     "format_table",
+    "format_throughput_table",
     "format_trace_table",
     "load_rows",
     "plot_latency",
@@ -42,6 +46,14 @@ TRACE_METHODS = (
     "cic",
     "oracle",
 )
+
+
+#: The methods of a throughput run (``cic-fast evaluate --objective throughput``):
+#: the two fixed placements; ``cic-latency``, the latency-optimal split (the latency
+#: Planner, = DADS's light-load min cut); ``dads-heavy``, DADS's heavy-load rule DSH
+#: (`cic_fast.core.throughput_baselines.dads_heavy_load`); and ``cic-throughput``,
+#: the period-optimal split (the Planner with ``objective="throughput"``).
+THROUGHPUT_METHODS = ("device-only", "server-only", "cic-latency", "dads-heavy", "cic-throughput")
 
 
 @dataclass
@@ -129,6 +141,123 @@ class EvalRow:
             "cic_latency_speedup": self.latency_speedup(),
             "cic_throughput_speedup": self.throughput_speedup(),
         }
+
+
+@dataclass
+class ThroughputResult:
+    """One method's stream at one rate (``evaluate(..., objective="throughput")``).
+
+    Attributes
+    ----------
+    method : str
+    n_on_device, n_nodes : int
+        Layers on the device, of all.
+    bytes_sent : float
+        Boundary bytes per frame.
+    predicted_period_s : float
+        The partition's pipeline period in the cost model,
+        ``max(device_s, transfer_s, server_s)``.
+    predicted_latency_s : float
+        Its one-request latency in the cost model.
+    decision_s : float
+        One decision's time on this machine at full speed (0 for the fixed
+        placements); DSH runs up to thousands of min cuts.
+    measured : bool
+        False if the stream was not run (predicted period over the cap).
+    fps : float
+        Frames per second of the measured stream (NaN if not run).
+    frames : int
+        Frames of the stream.
+    fallbacks : int
+        Frames the client finished locally (should be 0).
+    shared_with : str or None
+        The method whose measurement of the same partition this one reuses.
+    """
+
+    method: str
+    n_on_device: int
+    n_nodes: int
+    bytes_sent: float
+    predicted_period_s: float
+    predicted_latency_s: float
+    decision_s: float
+    measured: bool
+    fps: float = float("nan")
+    frames: int = 0
+    fallbacks: int = 0
+    shared_with: str | None = None
+
+    @property
+    def measured_period_s(self) -> float:
+        """1 / fps (NaN if not measured)."""
+        return 1.0 / self.fps if self.measured and self.fps > 0 else float("nan")
+
+    @property
+    def throughput(self) -> float:
+        """Measured frames/s, or 1 / predicted period if not measured."""
+        if self.measured and math.isfinite(self.fps):
+            return self.fps
+        return 1.0 / self.predicted_period_s
+
+
+@dataclass
+class ThroughputRow:
+    """All throughput methods for one model at one link rate."""
+
+    model: str
+    rate_bps: float
+    methods: dict[str, ThroughputResult]
+
+    def gain_over_fixed(self) -> float:
+        """CIC's measured fps over the better of device-only and server-only."""
+        m = self.methods
+        best = max(m["device-only"].throughput, m["server-only"].throughput)
+        return m["cic-throughput"].throughput / best
+
+    def gain_over_latency_split(self) -> float:
+        """CIC's measured fps over the latency-optimal split's."""
+        m = self.methods
+        return m["cic-throughput"].throughput / m["cic-latency"].throughput
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "model": self.model,
+            "rate_bps": self.rate_bps,
+            "methods": {k: asdict(v) for k, v in self.methods.items()},
+            "cic_fps_over_fixed": self.gain_over_fixed(),
+            "cic_fps_over_latency_split": self.gain_over_latency_split(),
+        }
+
+
+def format_throughput_table(rows: Sequence[ThroughputRow], *, header: bool = True) -> str:
+    """A markdown table of a throughput run: measured fps (predicted) per method.
+
+    Each method's cell is ``measured fps (predicted fps)``, the prediction being
+    ``1 / period_s`` of the cost model; ``~`` marks a stream not run (prediction only).
+    """
+    cols = ["model", "Mbit/s"]
+    cols += [f"{m} fps" for m in THROUGHPUT_METHODS]
+    cols += ["x fixed", "x latency split", "CIC split", "DSH decide ms"]
+    lines = []
+    if header:
+        lines.append("| " + " | ".join(cols) + " |")
+        lines.append("|" + "---|" * len(cols))
+    for row in rows:
+        m = row.methods
+        cells = [row.model, f"{row.rate_bps / 1e6:g}"]
+        for k in THROUGHPUT_METHODS:
+            r = m[k]
+            pred = 1.0 / r.predicted_period_s if r.predicted_period_s > 0 else math.inf
+            got = f"{r.fps:.2f}" if r.measured else "~"
+            cells.append(f"{got} ({pred:.2f})")
+        cells.append(f"{row.gain_over_fixed():.2f}")
+        cells.append(f"{row.gain_over_latency_split():.2f}")
+        c = m["cic-throughput"]
+        cells.append(f"{c.n_on_device}/{c.n_nodes}, {c.bytes_sent / 1e3:.0f} KB")
+        cells.append(f"{1e3 * m['dads-heavy'].decision_s:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _ms(r: MethodResult, what: str) -> str:

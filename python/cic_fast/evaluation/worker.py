@@ -5,7 +5,9 @@ builds one Planner from the two profiles and every method's decision rule, and a
 `cic_fast.Client` to the server from the traced graph and that Planner; it prints
 ``{"ready": true, "pid": ...}`` and then answers one JSON line per command read on
 stdin: ``{"rate_bps": R}`` -> every method's measurements at that rate (see
-`cic_fast.evaluation.report.MethodResult`), ``{"trace_run": {...}}`` -> one method's
+`cic_fast.evaluation.report.MethodResult`), ``{"rate_bps": R, "objective":
+"throughput"}`` -> every throughput method's stream at that rate (see
+`cic_fast.evaluation.report.ThroughputResult`), ``{"trace_run": {...}}`` -> one method's
 requests while the orchestrator replays a trace on the link (see
 :meth:`DeviceWorker.trace_run`), ``{"quit": true}`` -> exit. The
 orchestrator (`cic_fast.evaluation.harness`) moves it into the device's CPU group
@@ -34,7 +36,13 @@ from typing import Any
 import numpy as np
 
 from cic_fast.evaluation.device import Slowed
-from cic_fast.evaluation.report import METHODS, TRACE_METHODS, MethodResult
+from cic_fast.evaluation.report import (
+    METHODS,
+    THROUGHPUT_METHODS,
+    TRACE_METHODS,
+    MethodResult,
+    ThroughputResult,
+)
 
 __all__ = ["DeviceWorker", "main", "slowed_runner"]
 
@@ -119,6 +127,7 @@ class DeviceWorker:
         self.device_scale = float(device_scale)
         self.planner = Planner.from_profiles(g, dev, srv, rtt_s=self.rtt_s)
         self.core = self.planner.graph
+        self.tplanner = self.planner.with_objective("throughput")
         self.neuro = Neurosurgeon(
             g.edges, dev.seconds, srv.seconds, g.out_bytes, g.inputs, self.rtt_s
         )
@@ -206,6 +215,64 @@ class DeviceWorker:
             )
         raise ValueError(f"unknown method {method!r}")
 
+    def decide_throughput(self, method: str, bw: float) -> tuple[np.ndarray, float]:
+        """A throughput method's partition at ``bw`` and its decision time (s)."""
+        from cic_fast.core.throughput_baselines import dads_heavy_load
+
+        if method in ("device-only", "server-only"):
+            return self.decide(method, bw)
+        if method == "cic-latency":
+            return self.decide("cic", bw)
+        if method == "cic-throughput":
+            return self.tplanner.decide(bw).on_device, _median_call_s(
+                lambda: self.tplanner.decide(bw)
+            )
+        if method == "dads-heavy":
+            g = self.graph
+            t0 = time.perf_counter()  # once: DSH runs up to thousands of min cuts
+            p = dads_heavy_load(g.edges, self.core.device_s, self.core.server_s, g.out_bytes, bw)
+            return p.on_device, time.perf_counter() - t0
+        raise ValueError(f"unknown throughput method {method!r}")
+
+    def measure_throughput(self, bw: float) -> dict[str, Any]:
+        """Every throughput method's stream at link rate ``bw`` (ThroughputResult dicts)."""
+        from cic_fast.runtime import wire as W
+
+        self.client.bandwidth_bps = bw
+        results: dict[str, ThroughputResult] = {}
+        by_mask: dict[bytes, str] = {}
+        for method in THROUGHPUT_METHODS:
+            on, dec_s = self.decide_throughput(method, bw)
+            part = self.core.evaluate(on, bw, self.rtt_s)
+            r = ThroughputResult(
+                method,
+                int(on.sum()),
+                int(on.size),
+                float(part.bytes_sent),
+                float(part.period_s),
+                float(part.latency_s),
+                dec_s,
+                measured=False,
+            )
+            key = W.pack_mask(on)
+            if key in by_mask:
+                src = results[by_mask[key]]
+                r.measured, r.fps, r.frames = src.measured, src.fps, src.frames
+                r.fallbacks, r.shared_with = src.fallbacks, src.method
+            elif r.predicted_period_s <= self.max_predicted_s:
+                print(
+                    f"  {method}: {r.n_on_device}/{r.n_nodes} on device, stream",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self.stream(on, frames=2)  # warm: the connection, the tail, the caches
+                r.fps = self.stream(on)
+                r.frames = self.stream_frames
+                r.measured = True
+                by_mask[key] = method
+            results[method] = r
+        return {"rate_bps": bw, "methods": {k: asdict(v) for k, v in results.items()}}
+
     def latencies(self, on: np.ndarray) -> tuple[list[float], int]:
         """Warm up once, then time ``requests`` sequential requests."""
         cli = self.client
@@ -223,20 +290,21 @@ class DeviceWorker:
                 lat.append(rec.total_s + (self.add_rtt_s if offloads else 0.0))
         return lat, fallbacks
 
-    def stream(self, on: np.ndarray) -> float:
+    def stream(self, on: np.ndarray, frames: int | None = None) -> float:
         """Frames per second of ``stream_frames`` frames pipelined device | link | server.
 
         `Client.stream` on one connection, with as many frames in flight as the
         stream has (the device never waits for an answer before its next head):
         fps = (frames - 1) / (time between the first and the last answer).
+        ``frames`` overrides ``stream_frames``.
         """
         cli = self.client
-        m = self.stream_frames
+        m = self.stream_frames if frames is None else frames
         done: list[float] = []
         t0 = time.perf_counter()
-        frames = cli.stream(itertools.repeat(self.x, m), on_device=on, max_in_flight=max(2, m))
-        with contextlib.closing(frames):
-            for _ in frames:
+        outs = cli.stream(itertools.repeat(self.x, m), on_device=on, max_in_flight=max(2, m))
+        with contextlib.closing(outs):
+            for _ in outs:
                 rec = cli.last
                 assert rec is not None
                 if rec.fallback:
@@ -566,6 +634,8 @@ def _worker(config_path: str) -> int:
                 out = dev.trace_run(cmd["trace_run"])
             elif "plan_check" in cmd:
                 out = dev.plan_check(float(cmd["plan_check"]["rate_bps"]))
+            elif cmd.get("objective") == "throughput":
+                out = dev.measure_throughput(float(cmd["rate_bps"]))
             else:
                 out = dev.measure(float(cmd["rate_bps"]))
         except Exception as e:  # report, do not die: the orchestrator decides
