@@ -376,6 +376,22 @@ def test_cli_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = parser.parse_args(["plan", str(out)])
     assert args.func(args) == 0
     assert "K = " in capsys.readouterr().out
+    # the throughput plan: periods in the table, the objective in the file
+    tout = tmp_path / "t.plan"
+    png = tmp_path / "t.png"
+    args = parser.parse_args(
+        ["plan", "test_plan:tiny_model", "--input-shape", "1,3,32,32",
+         "--device", str(tmp_path / "dev.json"), "--server", str(tmp_path / "srv.json"),
+         "--objective", "throughput", "-o", str(tout), "--plot", str(png)]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    assert "period (ms)" in text and "objective throughput" in text and "Pareto" in text
+    t = Planner.load(tout)
+    assert t.objective == "throughput"
+    for bw in (1e5, 1e7, 1e9):
+        assert t.decide(bw).period_s == t.graph.max_throughput(bw).period_s
+    assert png.stat().st_size > 1000
 
 
 # --- the extension's Plan directly -------------------------------------------------------

@@ -26,6 +26,7 @@ __all__ = [
     "device_only_s",
     "example_inputs",
     "fixed_latencies_s",
+    "fixed_periods_s",
     "fmt_bps",
     "fmt_bytes",
     "load_model_args",
@@ -187,6 +188,14 @@ def fixed_latencies_s(graph: Graph, bandwidth_bps: float, rtt_s: float) -> tuple
     n = graph.n_nodes
     device = graph.evaluate(baselines.device_only(n), bandwidth_bps, rtt_s).latency_s
     server = graph.evaluate(baselines.server_only(graph.edges, n), bandwidth_bps, rtt_s).latency_s
+    return device, server
+
+
+def fixed_periods_s(graph: Graph, bandwidth_bps: float) -> tuple[float, float]:
+    """Device-only and server-only pipeline period at one bandwidth (`Partition.period_s`)."""
+    n = graph.n_nodes
+    device = graph.evaluate(baselines.device_only(n), bandwidth_bps).period_s
+    server = graph.evaluate(baselines.server_only(graph.edges, n), bandwidth_bps).period_s
     return device, server
 
 

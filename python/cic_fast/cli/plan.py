@@ -19,6 +19,7 @@ from cic_fast.cli.common import (
     add_rtt_arg,
     example_inputs,
     fixed_latencies_s,
+    fixed_periods_s,
     fmt_bps,
     fmt_bytes,
     load_model_args,
@@ -31,7 +32,7 @@ __all__ = ["add_plan_parser", "format_plan", "plot_plan"]
 
 
 def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``plan MODEL --device D.json --server S.json [-o FILE] [--plot PNG]``."""
+    """Add ``plan MODEL --device D.json --server S.json [-o FILE] [--plot PNG] [--objective]``."""
     p = subparsers.add_parser(
         "plan",
         help="the optimal split of a model for every bandwidth (the CIC splitting model)",
@@ -44,6 +45,13 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_rtt_arg(p)
     p.add_argument("-o", "--output", help="write the plan here (Planner.save)")
     p.add_argument("--plot", metavar="PNG", help="draw latency vs bandwidth (needs matplotlib)")
+    p.add_argument(
+        "--objective",
+        choices=["latency", "throughput"],
+        default="latency",
+        help="latency of one request (default), or the pipeline period of a stream "
+        "(max of device, link and server time per frame)",
+    )
     p.set_defaults(func=_run_plan)
     return p
 
@@ -57,7 +65,9 @@ def format_plan(planner: Any, names: tuple[str, ...] | None = None, max_names: i
     """
     names = names or planner.names
     n = planner.n_nodes
-    rows = [("bandwidth", "on device", "sent (cut after)", "bytes", "latency (ms)")]
+    throughput = planner.objective == "throughput"
+    what = "period (ms)" if throughput else "latency (ms)"
+    rows = [("bandwidth", "on device", "sent (cut after)", "bytes", what)]
     for s in planner.segments:
         lo, hi = s.lo_bps, s.hi_bps
         if s.sent.size:
@@ -67,8 +77,9 @@ def format_plan(planner: Any, names: tuple[str, ...] | None = None, max_names: i
             )
         else:
             sent = "-" if s.on_device.all() else "(nothing)"
-        at_hi = s.latency_s(hi)  # at hi = inf: no transfer time
-        at_lo = s.latency_s(lo) if lo > 0 else math.inf
+        price = s.period_s if throughput else s.latency_s
+        at_hi = price(hi)  # at hi = inf: no transfer time
+        at_lo = price(lo) if lo > 0 else math.inf
         lat = (
             f"{at_hi * 1e3:.4g}" if s.bytes_sent == 0 else f"{at_hi * 1e3:.4g} .. {at_lo * 1e3:.4g}"
         )
@@ -85,17 +96,26 @@ def format_plan(planner: Any, names: tuple[str, ...] | None = None, max_names: i
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     st = planner.stats
-    lines.append(
-        f"K = {len(planner.segments)} partitions; graph {st.get('original_nodes')} nodes / "
-        f"{st.get('original_edges')} edges, compressed to {st.get('compressed_nodes')} / "
-        f"{st.get('compressed_edges')}; {st.get('min_cuts')} min-cuts; "
-        f"built in {st.get('build_s', 0.0) * 1e3:.2f} ms"
-    )
+    if throughput:
+        lines.append(
+            f"K = {len(planner.segments)} partitions (the Pareto front of max(device, "
+            f"server) against bytes); graph {st.get('original_nodes')} nodes / "
+            f"{st.get('original_edges')} edges; {st.get('search_steps')} search steps"
+            f"{'' if st.get('complete', True) else ' (STOPPED at the limit)'}; "
+            f"built in {st.get('build_s', 0.0) * 1e3:.2f} ms"
+        )
+    else:
+        lines.append(
+            f"K = {len(planner.segments)} partitions; graph {st.get('original_nodes')} nodes / "
+            f"{st.get('original_edges')} edges, compressed to {st.get('compressed_nodes')} / "
+            f"{st.get('compressed_edges')}; {st.get('min_cuts')} min-cuts; "
+            f"built in {st.get('build_s', 0.0) * 1e3:.2f} ms"
+        )
     return "\n".join(lines)
 
 
 def plot_plan(planner: Any, path: str | os.PathLike[str]) -> None:
-    """Latency vs bandwidth (log axis): the envelope, device-only, server-only, breakpoints."""
+    """Latency (or period) vs bandwidth (log axes): the optimum, device-only, server-only."""
     try:
         import matplotlib
     except ImportError:
@@ -107,9 +127,14 @@ def plot_plan(planner: Any, path: str | os.PathLike[str]) -> None:
     lo = min([1e3, *[b / 10 for b in bps]])
     hi = max([1e11, *[b * 10 for b in bps]])
     x = np.logspace(math.log10(lo), math.log10(hi), 400)
-    fixed = np.array([fixed_latencies_s(planner.graph, float(b), planner.rtt_s) for b in x])
+    throughput = planner.objective == "throughput"
+    if throughput:
+        fixed = np.array([fixed_periods_s(planner.graph, float(b)) for b in x])
+        best = [planner.decide(float(b)).period_s for b in x]
+    else:
+        fixed = np.array([fixed_latencies_s(planner.graph, float(b), planner.rtt_s) for b in x])
+        best = [planner.decide(float(b)).latency_s for b in x]
     device_only, server_only = fixed[:, 0], fixed[:, 1]
-    best = [planner.decide(float(b)).latency_s for b in x]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(x, np.array(best) * 1e3, lw=2.5, label="optimal split (envelope)")
     ax.plot(x, device_only * 1e3, "--", label="device only")
@@ -119,7 +144,7 @@ def plot_plan(planner: Any, path: str | os.PathLike[str]) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("bandwidth (bit/s)")
-    ax.set_ylabel("latency (ms)")
+    ax.set_ylabel("pipeline period (ms)" if throughput else "latency (ms)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -138,9 +163,14 @@ def _run_plan(args: argparse.Namespace) -> int:
         model = load_model_args(args)
         graph = trace_model(model, example_inputs(args))
         dev, srv = load_profiles(args, graph)
-        planner = Planner.from_profiles(graph, dev, srv, rtt_s=rtt_seconds(args))
+        planner = Planner.from_profiles(
+            graph, dev, srv, rtt_s=rtt_seconds(args), objective=args.objective
+        )
         label = args.model
-    print(f"{label}: {planner.n_nodes} nodes, rtt {planner.rtt_s * 1e3:g} ms")
+    print(
+        f"{label}: {planner.n_nodes} nodes, rtt {planner.rtt_s * 1e3:g} ms, "
+        f"objective {planner.objective}"
+    )
     print(format_plan(planner))
     if args.output:
         planner.save(args.output)
