@@ -6,6 +6,9 @@ Nothing here uses cic_fast: the tests compare the library against these.
 - `brute_force` enumerates every valid partition of a small graph (<= 12 nodes).
 - `networkx_optimum` solves the DADS min-cut network with networkx on exact
   integer capacities (floats scaled to fixed point), for graphs too big to enumerate.
+- `brute_force_period` / `brute_force_pareto` enumerate the same partitions for the
+  stream objective (pipeline period, and the (max(device, server), bytes) front);
+  `milp_period` solves the period with scipy's MILP (HiGHS), for bigger graphs.
 """
 
 from __future__ import annotations
@@ -117,6 +120,36 @@ def latency_of(
     )
 
 
+def _valid_partitions(e: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every valid partition of an n-node graph, by enumerating the 2**n subsets.
+
+    Returns
+    -------
+    tuple[numpy.ndarray, numpy.ndarray]
+        ``on_device`` of each valid partition, shape (m, n), and which nodes it
+        sends (device nodes with a successor on the server), shape (m, n); both bool.
+    """
+    if not 1 <= n <= BRUTE_FORCE_MAX_NODES:
+        raise ValueError(f"brute force needs 1..{BRUTE_FORCE_MAX_NODES} nodes, got {n}")
+    masks = np.arange(1 << n, dtype=np.int64)
+    pred = [0] * n
+    succ = [0] * n
+    for u, v in e.tolist():
+        pred[v] |= 1 << u
+        succ[u] |= 1 << v
+    sources = sum(1 << v for v in range(n) if pred[v] == 0)
+    valid = (masks & sources) == sources
+    bits = ((masks[:, None] >> np.arange(n)) & 1).astype(bool)
+    for v in range(n):
+        # v on the device needs every predecessor on the device too.
+        valid &= ~bits[:, v] | ((masks & pred[v]) == pred[v])
+    candidates = masks[valid]
+    b = bits[valid]
+    # A device node is sent when some successor is on the server (not in the mask).
+    sends = np.stack([b[:, u] & ((~candidates & succ[u]) != 0) for u in range(n)], axis=1)
+    return b, sends
+
+
 def brute_force(
     edges: ArrayLike,
     device_s: ArrayLike,
@@ -142,25 +175,7 @@ def brute_force(
         The minimum latency (formula, `math.fsum`) and every optimal ``on_device``.
     """
     e, dev, srv, size = _arrays(edges, device_s, server_s, out_bytes)
-    n = len(dev)
-    if not 1 <= n <= BRUTE_FORCE_MAX_NODES:
-        raise ValueError(f"brute force needs 1..{BRUTE_FORCE_MAX_NODES} nodes, got {n}")
-    masks = np.arange(1 << n, dtype=np.int64)
-    pred = [0] * n
-    succ = [0] * n
-    for u, v in e.tolist():
-        pred[v] |= 1 << u
-        succ[u] |= 1 << v
-    sources = sum(1 << v for v in range(n) if pred[v] == 0)
-    valid = (masks & sources) == sources
-    bits = ((masks[:, None] >> np.arange(n)) & 1).astype(bool)
-    for v in range(n):
-        # v on the device needs every predecessor on the device too.
-        valid &= ~bits[:, v] | ((masks & pred[v]) == pred[v])
-    candidates = masks[valid]
-    b = bits[valid]
-    # A device node is sent when some successor is on the server (not in the mask).
-    sends = np.stack([b[:, u] & ((~candidates & succ[u]) != 0) for u in range(n)], axis=1)
+    b, sends = _valid_partitions(e, len(dev))
     rough = b @ dev + (~b) @ srv + 8.0 * (sends @ size) / bandwidth_bps
     rough = rough + np.where(b.all(axis=1), 0.0, rtt_s)
     # Re-price the near-optimal ones exactly; the matrix products above round differently.
@@ -286,3 +301,219 @@ def networkx_optimum(
     # offloading one; only all-device (which pays no rtt) can beat it.
     everything = latency_of(np.ones(n, dtype=bool), e, dev, srv, size, bandwidth_bps, rtt_s)
     return everything if everything.latency_s <= best.latency_s else best
+
+
+# --- streams: the pipeline period (DESIGN.md "Streams: the throughput objective") ------
+
+
+@dataclass(frozen=True)
+class PeriodResult:
+    """A partition priced for a stream: period = max(device, transfer, server)."""
+
+    on_device: np.ndarray
+    period_s: float
+    device_s: float
+    transfer_s: float
+    server_s: float
+    bytes_sent: float
+
+
+def period_of(
+    on_device: ArrayLike,
+    edges: ArrayLike,
+    device_s: ArrayLike,
+    server_s: ArrayLike,
+    out_bytes: ArrayLike,
+    bandwidth_bps: float,
+) -> PeriodResult:
+    """Price a partition's pipeline period with the formula; validity is not checked.
+
+    Parameters
+    ----------
+    on_device, edges, device_s, server_s, out_bytes, bandwidth_bps
+        As in `latency_of`.
+
+    Returns
+    -------
+    PeriodResult
+        The three stage times (exact-rounded sums) and their maximum; all-device
+        has transfer and server 0, so its period is the device sum.
+    """
+    p = latency_of(on_device, edges, device_s, server_s, out_bytes, bandwidth_bps)
+    return PeriodResult(
+        on_device=p.on_device,
+        period_s=max(p.device_s, p.transfer_s, p.server_s),
+        device_s=p.device_s,
+        transfer_s=p.transfer_s,
+        server_s=p.server_s,
+        bytes_sent=p.bytes_sent,
+    )
+
+
+def brute_force_period(
+    edges: ArrayLike,
+    device_s: ArrayLike,
+    server_s: ArrayLike,
+    out_bytes: ArrayLike,
+    bandwidth_bps: float,
+) -> PeriodResult:
+    """Minimum pipeline period over every valid partition of a graph of at most 12 nodes.
+
+    Parameters
+    ----------
+    edges, device_s, server_s, out_bytes, bandwidth_bps
+        As in `latency_of`.
+
+    Returns
+    -------
+    PeriodResult
+        One optimal partition (the first in enumeration order among the exact minima),
+        priced with `period_of`.
+    """
+    e, dev, srv, size = _arrays(edges, device_s, server_s, out_bytes)
+    b, sends = _valid_partitions(e, len(dev))
+    rough = np.maximum.reduce([b @ dev, (~b) @ srv, 8.0 * (sends @ size) / bandwidth_bps])
+    # Re-price the near-optimal ones exactly; the matrix products above round differently.
+    near = np.flatnonzero(rough <= rough.min() * (1 + 1e-9) + 1e-300)
+    priced = [period_of(b[i], e, dev, srv, size, bandwidth_bps) for i in near]
+    return min(priced, key=lambda p: p.period_s)
+
+
+def brute_force_pareto(
+    edges: ArrayLike,
+    device_s: ArrayLike,
+    server_s: ArrayLike,
+    out_bytes: ArrayLike,
+) -> list[tuple[float, float]]:
+    """Pareto front of (max(device sum, server sum), bytes sent) over valid partitions.
+
+    A point is on the front when no valid partition has c' <= c and bytes' <= bytes
+    with one of the two strict. Over x = 1/bandwidth each partition's period is
+    max(c, 8 * bytes * x), so the lower envelope of the front's lines is the best
+    period at every bandwidth (DESIGN.md, "Streams").
+
+    Parameters
+    ----------
+    edges, device_s, server_s, out_bytes
+        As in `latency_of` (at most 12 nodes).
+
+    Returns
+    -------
+    list[tuple[float, float]]
+        ``(c, bytes_sent)`` pairs, bytes ascending (so c descending), no duplicates;
+        sums exact-rounded (`math.fsum`).
+    """
+    e, dev, srv, size = _arrays(edges, device_s, server_s, out_bytes)
+    b, sends = _valid_partitions(e, len(dev))
+    points = sorted(
+        (
+            math.fsum(size[s].tolist()),
+            max(math.fsum(dev[d].tolist()), math.fsum(srv[~d].tolist())),
+        )
+        for d, s in zip(b, sends, strict=True)
+    )
+    front: list[tuple[float, float]] = []
+    for bytes_sent, c in points:
+        # Sorted by bytes then c: a point is kept when it beats every c before it.
+        if not front or c < front[-1][0]:
+            front.append((c, bytes_sent))
+    return front
+
+
+def milp_period(
+    edges: ArrayLike,
+    device_s: ArrayLike,
+    server_s: ArrayLike,
+    out_bytes: ArrayLike,
+    bandwidth_bps: float,
+    *,
+    time_limit_s: float = 60.0,
+) -> PeriodResult:
+    """Minimum pipeline period by a mixed-integer program (scipy.optimize.milp, HiGHS).
+
+    Binary y_v (1 = device), y = 1 on sources, y_u >= y_v on every edge (u, v)
+    (closure); binary z_u for each node with successors, z_u >= y_u - y_w for each
+    successor w (u is sent when on the device with a successor on the server);
+    minimise P >= sum d_v y_v, P >= sum s_v (1 - y_v), P >= sum (8 b_u / bw) z_u.
+    Times are divided by the largest per-node time first (HiGHS tolerances are
+    absolute) and the gap is 0, so the answer is optimal up to HiGHS's feasibility
+    tolerance (~1e-7 of that largest time).
+
+    Parameters
+    ----------
+    edges, device_s, server_s, out_bytes, bandwidth_bps
+        As in `latency_of`; any size.
+    time_limit_s : float
+        Passed to HiGHS; running out of it is an error, not an answer.
+
+    Returns
+    -------
+    PeriodResult
+        The partition read off y, priced with `period_of` (not the MILP objective).
+
+    Raises
+    ------
+    RuntimeError
+        HiGHS did not prove optimality (time limit, or a failure).
+    """
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_array
+
+    e, dev, srv, size = _arrays(edges, device_s, server_s, out_bytes)
+    n = len(dev)
+    transfer = 8.0 * size / bandwidth_bps
+    scale = max(float(np.max(dev, initial=0.0)), float(np.max(srv, initial=0.0)))
+    scale = max(scale, float(np.max(transfer, initial=0.0)))
+    scale = scale if scale > 0 else 1.0
+    senders = np.unique(e[:, 0])
+    z_of = {int(u): n + k for k, u in enumerate(senders)}
+    n_vars = n + len(senders) + 1
+    p_var = n_vars - 1
+
+    rows: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
+    lower: list[float] = []
+    upper: list[float] = []
+
+    def constraint(coeffs: dict[int, float], lo: float, hi: float) -> None:
+        row = len(lower)
+        for col, val in coeffs.items():
+            rows.append(row)
+            cols.append(col)
+            vals.append(val)
+        lower.append(lo)
+        upper.append(hi)
+
+    for u, w in e.tolist():
+        constraint({u: 1.0, w: -1.0}, 0.0, np.inf)  # y_u >= y_w
+        constraint({z_of[u]: 1.0, u: -1.0, w: 1.0}, 0.0, np.inf)  # z_u >= y_u - y_w
+    d, s, t = dev / scale, srv / scale, transfer / scale
+    constraint({p_var: 1.0} | {v: -d[v] for v in range(n)}, 0.0, np.inf)
+    constraint({p_var: 1.0} | {v: s[v] for v in range(n)}, math.fsum(s.tolist()), np.inf)
+    constraint({p_var: 1.0} | {c: -t[u] for u, c in z_of.items()}, 0.0, np.inf)
+    a = coo_array((vals, (rows, cols)), shape=(len(lower), n_vars)).tocsr()
+
+    lb = np.zeros(n_vars)
+    ub = np.ones(n_vars)
+    has_pred = np.zeros(n, dtype=bool)
+    has_pred[e[:, 1]] = True
+    lb[:n][~has_pred] = 1.0  # sources stay on the device
+    ub[p_var] = np.inf
+    integrality = np.ones(n_vars)
+    integrality[p_var] = 0
+    cost = np.zeros(n_vars)
+    cost[p_var] = 1.0
+    res = milp(
+        cost,
+        constraints=LinearConstraint(a, lower, upper),
+        integrality=integrality,
+        bounds=Bounds(lb, ub),
+        options={"mip_rel_gap": 0, "time_limit": time_limit_s},
+    )
+    if not res.success or res.x is None:
+        raise RuntimeError(f"HiGHS did not solve the period MILP: {res.message}")
+    on_device = res.x[:n] > 0.5
+    if not is_valid_partition(on_device, e):
+        raise AssertionError("the MILP returned an invalid partition: the oracle is broken")
+    return period_of(on_device, e, dev, srv, size, bandwidth_bps)
