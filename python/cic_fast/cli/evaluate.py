@@ -267,7 +267,7 @@ def _run_throughput(args: argparse.Namespace, rates: list[float]) -> int:
     print(
         "fps: measured (cost model: 1 / period); '~' = not run; x fixed = CIC / "
         "max(device-only, server-only); x latency split = CIC / the latency-optimal split; "
-        "DSH decide: one DADS heavy-load decision at full speed"
+        "DSH decide: one DADS heavy-load decision on the emulated device"
     )
     return 0
 

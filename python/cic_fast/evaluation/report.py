@@ -160,8 +160,9 @@ class ThroughputResult:
     predicted_latency_s : float
         Its one-request latency in the cost model.
     decision_s : float
-        One decision's time on this machine at full speed (0 for the fixed
-        placements); DSH runs up to thousands of min cuts.
+        One decision's time on the emulated (slowed) device: the median of
+        repeated calls, DSH's single call (it runs up to thousands of min cuts);
+        0 for the fixed placements.
     measured : bool
         False if the stream was not run (predicted period over the cap).
     fps : float
