@@ -26,8 +26,9 @@ split's period and the better of device-only and server-only beside them. Then
 ``Planner(objective="throughput")``: build time, K and ``decide`` (ns).
 
 Exit status 0 when issue 11's targets hold: on densenet201, max_throughput >= 100x
-faster than the MILP with the same period at every rate, and ``decide`` <= 1 us on
-every model; else 1.
+faster than the MILP with the same period at every rate, ``decide`` <= 1 us on
+every model, and nowhere a MILP period below ours ("ours lower": HiGHS stopped
+within its tolerance on a worse partition); else 1.
 """
 
 from __future__ import annotations
@@ -108,6 +109,9 @@ def cell(case: Case, bw: float, milp: bool) -> dict[str, Any]:
         out["milp_time_s"] = time.perf_counter() - t0
         out["milp_period_s"] = ref.period_s
         out["same_as_milp"] = math.isclose(ours.period_s, ref.period_s, rel_tol=SAME_REL)
+        # HiGHS stops within its feasibility tolerance: it may report a slightly worse
+        # partition (re-priced exactly), never a better one than the exact search
+        out["ours_lower"] = ours.period_s < ref.period_s and not out["same_as_milp"]
     return out
 
 
@@ -158,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         for c in cells:
             milp_ms = f"{1e3 * c['milp_time_s']:.0f}" if "milp_time_s" in c else "-"
             milp_x = fmt_ratio(c["milp_time_s"], c["time_s"]) if "milp_time_s" in c else "-"
-            same = ("yes" if c["same_as_milp"] else "NO") if "same_as_milp" in c else "-"
+            same = "-"
+            if "same_as_milp" in c:
+                same = "yes" if c["same_as_milp"] else ("ours lower" if c["ours_lower"] else "NO")
             print(
                 f"| {case.name} | {len(case.device_s)} | {c['rate_bps'] / 1e6:g} "
                 f"| {1e3 * c['period_s']:.2f} | {c['on_device']} | {1e6 * c['time_s']:.0f} "
@@ -168,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {fmt_ratio(c['latency_split_period_s'], c['period_s'])} "
                 f"| {fmt_ratio(c['best_fixed_period_s'], c['period_s'])} |"
             )
-            if not c["optimal"]:
+            if not c["optimal"] or same == "NO":
                 ok = False
         if plan["decide_s"] > TARGET_DECIDE_S:
             ok = False
