@@ -150,23 +150,28 @@ class BoundedPartition(Partition):
         extra = "" if self._optimal else f", optimal=False, gap_s={self._gap_s:.6g}"
         return super().__repr__()[:-1] + extra + ")"
 
+    @classmethod
+    def of(cls, p: Partition, optimal: bool, lower_bound_s: float) -> BoundedPartition:
+        """``p`` with a search's status: ``gap_s`` is its period minus ``lower_bound_s``."""
+        self = cls(
+            p.on_device,
+            p.latency_s,
+            p.device_s,
+            p.transfer_s,
+            p.server_s,
+            p.rtt_s,
+            p.bytes_sent,
+            p.sent,
+            p.bandwidth_bps,
+        )
+        self._optimal = bool(optimal)
+        self._gap_s = 0.0 if optimal else max(0.0, self.period_s - float(lower_bound_s))
+        return self
+
 
 def bounded(p: Partition, optimal: bool, lower_bound_s: float) -> BoundedPartition:
-    """``p`` as a `BoundedPartition` with its search status (gap from ``lower_bound_s``)."""
-    out = BoundedPartition(
-        p.on_device,
-        p.latency_s,
-        p.device_s,
-        p.transfer_s,
-        p.server_s,
-        p.rtt_s,
-        p.bytes_sent,
-        p.sent,
-        p.bandwidth_bps,
-    )
-    out._optimal = bool(optimal)
-    out._gap_s = 0.0 if optimal else max(0.0, out.period_s - float(lower_bound_s))
-    return out
+    """``p`` as a `BoundedPartition` with its search status (`BoundedPartition.of`)."""
+    return BoundedPartition.of(p, optimal, lower_bound_s)
 
 
 # -- the formula ---------------------------------------------------------------------
