@@ -100,6 +100,27 @@ def test_in_place_mutation_orders_readers():
     assert (g.edges[:, 0] < g.edges[:, 1]).all()
 
 
+@pytest.mark.parametrize("method", ["fx", "export"])
+def test_trace_never_changes_the_callers_tensors(method):
+    """Defect (issue 12): a model that writes into its input changed the caller's example."""
+
+    class Scales(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x, extra):
+            x.mul_(2.0)  # in place, on the input
+            extra["k"].add_(1.0)
+            return self.lin(x) + extra["k"].sum()
+
+    x = torch.ones(2, 4)
+    extra = {"k": torch.zeros(3)}
+    trace(Scales().eval(), (x, extra), method=method)
+    assert torch.equal(x, torch.ones(2, 4))
+    assert torch.equal(extra["k"], torch.zeros(3))
+
+
 def test_export_fallback():
     m = NeedsExport().eval()
     x = torch.randn(2, 8)

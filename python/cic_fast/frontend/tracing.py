@@ -556,7 +556,9 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, method: str = "auto") 
         raise ValueError(f"method must be 'auto', 'fx' or 'export', not {method!r}")
     if not isinstance(model, torch.nn.Module):
         raise TypeError("model must be a torch.nn.Module")
-    args = as_args(example_inputs)
+    # The trace runs the model (export, the size and FLOP passes): on copies, so that a
+    # model that writes into its input never changes the caller's tensors.
+    args = _copied(as_args(example_inputs))
     failures: list[str] = []
     gm = None
     in_spec = out_spec = None
@@ -581,6 +583,17 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, method: str = "auto") 
     # The FLOP-counting pass runs the program; serialised with the tracers.
     with fxsafety.TORCH_GLOBALS_LOCK:
         return _build(gm, args, used, in_spec, out_spec)
+
+
+def _copied(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``args`` with every tensor leaf replaced by a detached copy (structure kept)."""
+    import torch
+    from torch.utils import _pytree
+
+    def copy(v: Any) -> Any:
+        return v.detach().clone() if isinstance(v, torch.Tensor) else v
+
+    return tuple(_pytree.tree_map(copy, a) for a in args)
 
 
 def _leaves(value: Any) -> list[Any]:
