@@ -121,6 +121,61 @@ def test_trace_never_changes_the_callers_tensors(method):
     assert torch.equal(extra["k"], torch.zeros(3))
 
 
+class Autocast(nn.Module):
+    """A bfloat16 autocast region inside forward: fx runs it at trace time, unrecorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.b = nn.Linear(8, 4)
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = self.a(x).relu()
+        return self.b(y.float())
+
+
+def test_a_program_that_differs_from_the_model_is_never_kept():
+    """Defect (issue 12): the fx trace dropped the autocast region: wrong values, silently."""
+    from cic_fast.core.cost import check_partition
+    from cic_fast.frontend.cutting import build_parts
+
+    torch.manual_seed(0)
+    model, x = Autocast().eval(), torch.randn(2, 8)
+    with pytest.raises(TraceError, match="differs from the model"):
+        trace(model, x, method="fx")
+    g = trace(model, x)  # auto: torch.export records the region
+    assert "wrap_with_autocast" in " ".join(g.targets)
+    want = model(x)
+    n, cut = g.n_nodes, 0
+    for k in range(1, 2**n - 1):  # every offloading partition
+        on = np.array([(k >> i) & 1 for i in range(n)], dtype=bool)
+        try:
+            check_partition(g.edges, n, on)
+        except ValueError:
+            continue
+        head, tail, _ = build_parts(g, on)
+        got = tail(head(x))
+        assert got.dtype == want.dtype and torch.equal(got, want), on
+        cut += 1
+    assert cut >= 3
+
+
+def test_a_model_with_randomness_still_traces_with_fx():
+    """Two runs of the model disagree: the check cannot compare, and does not refuse."""
+
+    class Noisy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.lin(x) + torch.rand(4)
+
+    g = trace(Noisy().eval(), torch.randn(2, 4))
+    assert g.program is not None and g.method == "fx"
+
+
 def test_export_fallback():
     m = NeedsExport().eval()
     x = torch.randn(2, 8)

@@ -569,6 +569,22 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, method: str = "auto") 
             used = "fx"
         except Exception as e:
             failures.append(f"torch.fx failed{_user_frame(e)}: {_first_line(e)}")
+    if gm is not None:
+        # fx runs Python at trace time: a context it cannot record (autocast) or a
+        # value it folds into a constant makes a program that differs from the model.
+        # Compare once on the example; on a difference use torch.export (which records
+        # such regions), or refuse: never a silently different program.
+        why = _differs_from_model(gm, model, args)
+        if why is not None:
+            gm = None
+            failures.append(f"the torch.fx program differs from the model: {why}")
+            if method == "fx":
+                raise TraceError(
+                    "could not trace the model; "
+                    + "; ".join(failures)
+                    + " (an autocast region, or input-dependent values folded into the "
+                    "trace; method='auto' falls back to torch.export)"
+                )
     if gm is None and method in ("auto", "export"):
         try:
             gm = fxsafety.export_module(model, args)
@@ -583,6 +599,65 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, method: str = "auto") 
     # The FLOP-counting pass runs the program; serialised with the tracers.
     with fxsafety.TORCH_GLOBALS_LOCK:
         return _build(gm, args, used, in_spec, out_spec)
+
+
+def _differs_from_model(gm: Any, model: Any, args: tuple[Any, ...]) -> str | None:
+    """Why ``gm(*args)`` differs from ``model(*args)``, or None if it does not.
+
+    Each run gets its own copy of the inputs (a model may write into them). Tensors
+    must agree in dtype and shape and in value to 1e-6 relative (the same kernels
+    in the same order give the same bits; the tolerance only spares reductions
+    that are not bit-stable). A model whose two runs already disagree (randomness
+    in ``forward``) cannot be checked this way: None.
+    """
+    import torch
+
+    with torch.no_grad():
+        try:
+            want = model(*_copied(args))
+        except Exception:
+            return None  # the trace's own run reports a failing model
+        try:
+            got = gm(*_copied(args))
+        except Exception as e:
+            return f"running it raised {type(e).__name__}: {_first_line(e)}"
+        why = _compare(got, want)
+        if why is None:
+            return None
+        again = model(*_copied(args))
+        if _compare(again, want) is not None:
+            return None  # not deterministic: nothing to compare against
+        return why
+
+
+def _compare(got: Any, want: Any) -> str | None:
+    import torch
+
+    a, b = _leaves(got), _leaves(want)
+    if len(a) != len(b):
+        return f"{len(a)} output values, the model gives {len(b)}"
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        if isinstance(x, torch.Tensor) != isinstance(y, torch.Tensor):
+            return f"output {i} is {_describe(x)}, the model gives {_describe(y)}"
+        if not isinstance(x, torch.Tensor):
+            try:
+                same = bool(x == y)
+            except Exception:
+                same = False
+            if not same:
+                return f"output {i} is {x!r}, the model gives {y!r}"
+            continue
+        if x.dtype != y.dtype or x.shape != y.shape:
+            return f"output {i} is {_describe(x)}, the model gives {_describe(y)}"
+        if torch.equal(x, y):
+            continue
+        if x.is_floating_point() or x.is_complex():
+            if torch.allclose(x, y, rtol=1e-6, atol=1e-7, equal_nan=True):
+                continue
+            err = float((x.double() - y.double()).abs().max())
+            return f"output {i} differs by up to {err:.3g}"
+        return f"output {i} has other values"
+    return None
 
 
 def _copied(args: tuple[Any, ...]) -> tuple[Any, ...]:
