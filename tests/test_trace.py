@@ -161,6 +161,31 @@ def test_a_program_that_differs_from_the_model_is_never_kept():
     assert cut >= 3
 
 
+def test_an_optional_argument_left_none_falls_back_to_export():
+    """Defect (issue 12): fx took the ``is not None`` branch; the program failed to run."""
+
+    class Optional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x, bias=None):
+            y = self.lin(x)
+            if bias is not None:
+                y = y + bias
+            return y.relu()
+
+    from cic_fast.frontend.cutting import build_parts
+
+    model, x = Optional().eval(), torch.randn(2, 4)
+    g = trace(model, x)
+    assert g.method == "export"
+    for k in range(1, g.n_nodes - 1):  # every prefix that offloads something
+        on = np.arange(g.n_nodes) < k
+        head, tail, _ = build_parts(g, on)
+        assert torch.equal(tail(head(x)), model(x)), k
+
+
 def test_a_model_with_randomness_still_traces_with_fx():
     """Two runs of the model disagree: the check cannot compare, and does not refuse."""
 
