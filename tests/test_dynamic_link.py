@@ -388,13 +388,14 @@ def test_a_late_answer_is_hedged_and_a_timely_one_is_not(chain, monkeypatch):
 def test_a_late_request_is_hedged_only_if_the_device_would_finish_first(chain):
     """The late rule extrapolates the link: a hedge that would lose is not started.
 
-    Decisions priced at 1 Gbit/s (so the 128 KiB all-server request is late ~0.12 s
-    in); the link really carries 6 Mbit/s (the rest arrives ~0.06 s after that,
-    before the 0.2 s the device needs: no hedge, "offload") or 1.5 Mbit/s (~0.6 s
-    more: the device finishes first, "hedged-local").
+    Decisions priced at 1 Gbit/s (so the 128 KiB all-server request is late ~0.1 s
+    in); the link really carries 8 Mbit/s (the rest arrives ~0.03 s after that,
+    well before the 0.2 s the device needs: no hedge, "offload"; at 6 Mbit/s, 0.06 s,
+    a loaded CI machine once extrapolated past 0.2 s) or 1.5 Mbit/s (~0.6 s more: the
+    device finishes first, "hedged-local").
     """
     with chain.server() as srv:
-        for rate, path in ((6e6, "offload"), (1.5e6, "hedged-local")):
+        for rate, path in ((8e6, "offload"), (1.5e6, "hedged-local")):
             with (
                 contextlib.closing(TokenBucketLink(srv.address, rate, rcvbuf=2048)) as link,
                 chain.client(link.address, bandwidth_bps=1e9, device_runner=on_device) as cli,
