@@ -104,47 +104,19 @@ class Plan {
   // num_solves() (the min-cuts that found the candidates, if any).
   static Result FromPartitions(const Graph& g, double rtt_s, const uint8_t* parts,
                                int32_t count, Plan* out, int32_t num_solves = 0) {
-    Result r = CheckLink(1.0, rtt_s);
+    std::vector<PartitionSums> sums;
+    Result r = CheckedSums(g, rtt_s, parts, count, &sums);
     if (!r.ok()) return r;
-    if (count <= 0) return Result::BadInput("a plan needs at least one partition");
-    const int32_t n = g.num_nodes();
-    std::vector<Line> lines(static_cast<size_t>(count));
-    std::vector<PartitionSums> sums(static_cast<size_t>(count));
-    for (int32_t k = 0; k < count; ++k) {
-      const uint8_t* p = parts + static_cast<size_t>(k) * n;
-      r = g.CheckPartition(p);
-      if (!r.ok()) {
-        return Result::BadInput("partition " + std::to_string(k) + ": " + r.message());
-      }
-      sums[k] = SumPartition(g.costs(), p);
-      lines[k] = LineOf(sums[k], rtt_s);
-    }
+    std::vector<Line> lines(sums.size());
+    for (size_t k = 0; k < sums.size(); ++k) lines[k] = LineOf(sums[k], rtt_s);
     std::vector<int32_t> pieces;
     std::vector<double> cross_x;
     LowerEnvelope(lines, &pieces, &cross_x);
     Plan& pl = *out;
-    pl.n_ = n;
-    pl.rtt_s_ = rtt_s;
-    pl.num_solves_ = num_solves;
+    pl.Reset(g.num_nodes(), rtt_s, num_solves);
     const int32_t K = static_cast<int32_t>(pieces.size());
-    pl.on_device_.clear();
-    pl.sent_.clear();
-    pl.sent_start_.assign(1, 0);
-    pl.parts_.clear();
-    pl.lines_.clear();
     // Pieces come in increasing x; the plan is stored by increasing bandwidth.
-    for (int32_t i = K - 1; i >= 0; --i) {
-      const int32_t k = pieces[i];
-      const uint8_t* p = parts + static_cast<size_t>(k) * n;
-      pl.on_device_.insert(pl.on_device_.end(), p, p + n);
-      const size_t at = pl.sent_.size();
-      pl.sent_.resize(at + static_cast<size_t>(sums[k].num_sent));
-      g.FillSent(p, pl.sent_.data() + at);
-      pl.sent_start_.push_back(static_cast<int64_t>(pl.sent_.size()));
-      pl.parts_.push_back(sums[k]);
-      pl.lines_.push_back(lines[k]);
-    }
-    pl.breakpoints_bps_.clear();
+    for (int32_t i = K - 1; i >= 0; --i) pl.Append(g, parts, pieces[i], sums[pieces[i]]);
     for (int32_t i = K - 2; i >= 0; --i) pl.breakpoints_bps_.push_back(1.0 / cross_x[i]);
     return Result::Ok();
   }
@@ -183,21 +155,11 @@ class Plan {
   // Segment gives the faster side, as for the latency plan.
   static Result FromThroughputPartitions(const Graph& g, double rtt_s, const uint8_t* parts,
                                          int32_t count, Plan* out) {
-    Result r = CheckLink(1.0, rtt_s);
+    std::vector<PartitionSums> sums;
+    Result r = CheckedSums(g, rtt_s, parts, count, &sums);
     if (!r.ok()) return r;
-    if (count <= 0) return Result::BadInput("a plan needs at least one partition");
-    const int32_t n = g.num_nodes();
-    std::vector<PartitionSums> sums(static_cast<size_t>(count));
     std::vector<int32_t> idx(static_cast<size_t>(count));
-    for (int32_t k = 0; k < count; ++k) {
-      const uint8_t* p = parts + static_cast<size_t>(k) * n;
-      r = g.CheckPartition(p);
-      if (!r.ok()) {
-        return Result::BadInput("partition " + std::to_string(k) + ": " + r.message());
-      }
-      sums[k] = SumPartition(g.costs(), p);
-      idx[k] = k;
-    }
+    for (int32_t k = 0; k < count; ++k) idx[k] = k;
     auto c_of = [&](int32_t k) {
       return std::max<long double>(sums[k].device_s, sums[k].server_s);
     };
@@ -213,25 +175,10 @@ class Plan {
       keep.push_back(k);
     }
     Plan& pl = *out;
-    pl.n_ = n;
-    pl.rtt_s_ = rtt_s;
-    pl.num_solves_ = 0;
-    pl.on_device_.clear();
-    pl.sent_.clear();
-    pl.sent_start_.assign(1, 0);
-    pl.parts_.clear();
-    pl.lines_.clear();
-    pl.breakpoints_bps_.clear();
+    pl.Reset(g.num_nodes(), rtt_s, 0);
     for (size_t i = 0; i < keep.size(); ++i) {
       const int32_t k = keep[i];
-      const uint8_t* p = parts + static_cast<size_t>(k) * n;
-      pl.on_device_.insert(pl.on_device_.end(), p, p + n);
-      const size_t at = pl.sent_.size();
-      pl.sent_.resize(at + static_cast<size_t>(sums[k].num_sent));
-      g.FillSent(p, pl.sent_.data() + at);
-      pl.sent_start_.push_back(static_cast<int64_t>(pl.sent_.size()));
-      pl.parts_.push_back(sums[k]);
-      pl.lines_.push_back(LineOf(sums[k], rtt_s));
+      pl.Append(g, parts, k, sums[k]);
       if (i > 0) {
         const long double bp = 8.0L * b_of(k) / c_of(keep[i - 1]);
         pl.breakpoints_bps_.push_back(static_cast<double>(bp));
@@ -302,6 +249,50 @@ class Plan {
   }
 
  private:
+  // Checks and sums the `count` candidate partitions (FromPartitions' input).
+  static Result CheckedSums(const Graph& g, double rtt_s, const uint8_t* parts, int32_t count,
+                            std::vector<PartitionSums>* sums) {
+    Result r = CheckLink(1.0, rtt_s);
+    if (!r.ok()) return r;
+    if (count <= 0) return Result::BadInput("a plan needs at least one partition");
+    const int32_t n = g.num_nodes();
+    sums->resize(static_cast<size_t>(count));
+    for (int32_t k = 0; k < count; ++k) {
+      const uint8_t* p = parts + static_cast<size_t>(k) * n;
+      r = g.CheckPartition(p);
+      if (!r.ok()) {
+        return Result::BadInput("partition " + std::to_string(k) + ": " + r.message());
+      }
+      (*sums)[k] = SumPartition(g.costs(), p);
+    }
+    return Result::Ok();
+  }
+
+  // An empty plan of n layers.
+  void Reset(int32_t n, double rtt_s, int32_t num_solves) {
+    n_ = n;
+    rtt_s_ = rtt_s;
+    num_solves_ = num_solves;
+    on_device_.clear();
+    sent_.clear();
+    sent_start_.assign(1, 0);
+    parts_.clear();
+    lines_.clear();
+    breakpoints_bps_.clear();
+  }
+
+  // Appends candidate k of `parts` (sums s) as the next piece.
+  void Append(const Graph& g, const uint8_t* parts, int32_t k, const PartitionSums& s) {
+    const uint8_t* p = parts + static_cast<size_t>(k) * n_;
+    on_device_.insert(on_device_.end(), p, p + n_);
+    const size_t at = sent_.size();
+    sent_.resize(at + static_cast<size_t>(s.num_sent));
+    g.FillSent(p, sent_.data() + at);
+    sent_start_.push_back(static_cast<int64_t>(sent_.size()));
+    parts_.push_back(s);
+    lines_.push_back(LineOf(s, rtt_s_));
+  }
+
   int32_t n_ = 0;
   double rtt_s_ = 0.0;
   int32_t num_solves_ = 0;
