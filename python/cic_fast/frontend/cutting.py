@@ -27,6 +27,7 @@ torch is imported lazily.
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from cic_fast.frontend.tracing import LayerGraph
 if TYPE_CHECKING:
     from torch import fx
 
-__all__ = ["BoundaryTensor", "build_parts", "describe_boundary"]
+__all__ = ["BoundaryCodec", "BoundaryTensor", "WireLeaf", "build_parts", "describe_boundary"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ def build_parts(
 
     head_cls, tail_cls = _part_classes()
     head_part = tail_part = None
+    codec = BoundaryCodec(graph, boundary)
     if head:
         # placeholders + device nodes
         dev_nodes = {prog.fx_nodes[i] for i in range(graph.n_nodes - 1) if on[i]}
@@ -140,7 +142,7 @@ def build_parts(
             if n in need and n.op != "output":
                 env[n] = hg.node_copy(n, lambda a: env[a])
         hg.output({n.name: env[n] for n in sent_nodes})
-        head_part = head_cls(fxsafety.graph_module(gm, hg, "Head"), prog)
+        head_part = head_cls(fxsafety.graph_module(gm, hg, "Head"), prog, codec)
     if tail:
         # boundary dict + server nodes
         tg = fx.Graph()
@@ -154,7 +156,7 @@ def build_parts(
             if n in need and n not in tenv and n.op != "output":
                 tenv[n] = tg.node_copy(n, lambda a: tenv[a])
         tg.output(fx.node.map_arg(out_node.args[0], lambda a: tenv[a]))
-        tail_part = tail_cls(fxsafety.graph_module(gm, tg, "Tail"), prog)
+        tail_part = tail_cls(fxsafety.graph_module(gm, tg, "Tail"), prog, codec)
     return head_part, tail_part, boundary
 
 
@@ -164,12 +166,16 @@ def _part_classes() -> tuple[type, type]:
     import torch
 
     class Head(torch.nn.Module):
-        """Device part: model inputs -> dict of boundary values."""
+        """Device part: model inputs -> dict of boundary values.
 
-        def __init__(self, gm: Any, prog: Any) -> None:
+        ``codec`` (a `BoundaryCodec`) turns that dict into the tensors to send.
+        """
+
+        def __init__(self, gm: Any, prog: Any, codec: BoundaryCodec) -> None:
             super().__init__()
             self.gm = gm
             self._prog = prog
+            self.codec = codec
 
         def forward(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
             flat = self._prog.flatten_inputs(args, kwargs)
@@ -177,12 +183,16 @@ def _part_classes() -> tuple[type, type]:
                 return self.gm(*flat)
 
     class Tail(torch.nn.Module):
-        """Server part: dict of boundary values -> model outputs."""
+        """Server part: dict of boundary values -> model outputs.
 
-        def __init__(self, gm: Any, prog: Any) -> None:
+        ``codec`` (a `BoundaryCodec`) rebuilds that dict from received tensors.
+        """
+
+        def __init__(self, gm: Any, prog: Any, codec: BoundaryCodec) -> None:
             super().__init__()
             self.gm = gm
             self._prog = prog
+            self.codec = codec
 
         def forward(self, boundary: Mapping[str, Any]) -> Any:
             with fxsafety.MODULE_GATE:
@@ -204,3 +214,151 @@ def describe_boundary(graph: LayerGraph, indices: np.ndarray) -> tuple[BoundaryT
             shape = tuple(int(d) for d in dims.split(",") if d)
         out.append(BoundaryTensor(graph.names[i], i, shape, dtype, int(graph.out_bytes[i])))
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class WireLeaf:
+    """One tensor of the boundary as it travels: wire name, dtype, shape.
+
+    A boundary value that is a tensor travels under its node's name; any other
+    value (a tuple of tensors, a size, a Python number) travels as its leaves,
+    named ``"<node>.<k>"`` (node names hold no dots), Python numbers as 0-d
+    tensors (int64, float64, bool).
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+class BoundaryCodec:
+    """Turn the head's dict into named tensors for the wire, and back.
+
+    Both ends build it from their own trace of the same model (the runtime's
+    fingerprint guarantees they agree), so the structure of each value (which
+    leaves, tuple or dict, which Python type) comes from the receiver's trace,
+    never from the wire: only tensor data travels. A leaf that is neither a
+    tensor nor a Python number (None, a string, a dtype) is fixed by the traced
+    shapes and dtypes, is not sent, and is checked on the sending side.
+
+    The cost model counts tensor bytes only (`LayerGraph.out_bytes`): the 8 bytes
+    of each Python number on the wire are not priced, like the frame headers.
+
+    Parameters
+    ----------
+    graph : LayerGraph
+        A traced graph (with ``program``).
+    indices : numpy.ndarray
+        The boundary nodes (`build_parts`' third result).
+    """
+
+    def __init__(self, graph: LayerGraph, indices: np.ndarray) -> None:
+        if graph.program is None:
+            raise ValueError("graph has no program (loaded from JSON?): trace the model")
+        templates = graph.program.templates
+        self._nodes = [(graph.names[i], templates[i]) for i in np.asarray(indices).tolist()]
+        leaves: list[WireLeaf] = []
+        for name, tpl in self._nodes:
+            if tpl[0] == "tensor":
+                leaves.append(WireLeaf(name, tpl[1], tpl[2]))
+                continue
+            for k, (dtype, shape) in enumerate(_wire_leaves(tpl)):
+                leaves.append(WireLeaf(f"{name}.{k}", dtype, shape))
+        self.leaves: tuple[WireLeaf, ...] = tuple(leaves)
+
+    def flatten(self, values: Mapping[str, Any]) -> list[tuple[str, Any]]:
+        """The head's dict as ``(wire name, tensor)`` pairs, in `leaves` order.
+
+        Raises
+        ------
+        TypeError
+            A value whose structure or leaf types differ from the trace's (the
+            caller runs the tail locally instead).
+        """
+        out: list[tuple[str, Any]] = []
+        for name, tpl in self._nodes:
+            if tpl[0] == "tensor":
+                out.append((name, _check_tensor(values[name], name)))
+                continue
+            flat: list[Any] = []
+            _encode(tpl, values[name], flat, name)
+            out.extend((f"{name}.{k}", t) for k, t in enumerate(flat))
+        return out
+
+    def restore(self, tensors: Mapping[str, Any]) -> dict[str, Any]:
+        """The head's dict again, from received tensors (checked against `leaves`)."""
+        result: dict[str, Any] = {}
+        for name, tpl in self._nodes:
+            if tpl[0] == "tensor":
+                result[name] = tensors[name]
+                continue
+            names = (f"{name}.{k}" for k in itertools.count())
+            result[name] = _decode(tpl, lambda names=names: tensors[next(names)])
+        return result
+
+
+_SCALARS = {"int": ("int64", int), "float": ("float64", float), "bool": ("bool", bool)}
+
+
+def _wire_leaves(tpl: Any) -> list[tuple[str, tuple[int, ...]]]:
+    kind = tpl[0]
+    if kind == "tensor":
+        return [(tpl[1], tpl[2])]
+    if kind in _SCALARS:
+        return [(_SCALARS[kind][0], ())]
+    if kind in ("seq", "dict"):
+        return [leaf for child in tpl[2] for leaf in _wire_leaves(child)]
+    return []  # a constant: not sent
+
+
+def _check_tensor(value: Any, where: str) -> Any:
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"boundary value {where!r} is a {type(value).__name__}, not a tensor")
+    return value
+
+
+def _encode(tpl: Any, value: Any, flat: list[Any], where: str) -> None:
+    import torch
+
+    kind = tpl[0]
+    if kind == "tensor":
+        flat.append(_check_tensor(value, where))
+    elif kind in _SCALARS:
+        dtype, cls = _SCALARS[kind]
+        if type(value) is not cls:
+            raise TypeError(f"boundary value {where!r} is a {type(value).__name__}, not {kind}")
+        flat.append(torch.tensor(value, dtype=getattr(torch, dtype)))
+    elif kind == "seq":
+        children = tpl[2]
+        if not isinstance(value, (tuple, list)) or len(value) != len(children):
+            raise TypeError(f"boundary value {where!r} does not have its traced structure")
+        for i, (c, v) in enumerate(zip(children, value, strict=True)):
+            _encode(c, v, flat, f"{where}[{i}]")
+    elif kind == "dict":
+        keys, children = tpl[1], tpl[2]
+        if not isinstance(value, dict) or tuple(value) != keys:
+            raise TypeError(f"boundary value {where!r} does not have its traced structure")
+        for k, c in zip(keys, children, strict=True):
+            _encode(c, value[k], flat, f"{where}[{k!r}]")
+    else:
+        const = tpl[1]
+        if not (value is const or (type(value) is type(const) and value == const)):
+            raise TypeError(
+                f"boundary value {where!r} is {value!r}; the trace saw {const!r}, which is "
+                "not sent (only tensors and Python numbers travel)"
+            )
+
+
+def _decode(tpl: Any, take: Any) -> Any:
+    kind = tpl[0]
+    if kind == "tensor":
+        return take()
+    if kind in _SCALARS:
+        return _SCALARS[kind][1](take().item())
+    if kind == "seq":
+        return tpl[1]([_decode(c, take) for c in tpl[2]])
+    if kind == "dict":
+        return {k: _decode(c, take) for k, c in zip(tpl[1], tpl[2], strict=True)}
+    return tpl[1]

@@ -274,11 +274,81 @@ def symbolic_trace(root: Any) -> Any:
     from torch import fx
 
     with TORCH_GLOBALS_LOCK:
-        tracer = _tracer_class()()
-        graph = tracer.trace(root)
+        saved = _module_state(root)
+        try:
+            tracer = _tracer_class()()
+            graph = tracer.trace(root)
+        finally:
+            _drop_proxies(root, saved)
         gm = fx.GraphModule(tracer.root, graph, type(root).__name__)
     forget_source_when_collected(gm)
     return gm
+
+
+# Module attributes that hold torch's own bookkeeping, never a model's cache.
+_TORCH_SLOTS = frozenset(
+    {"_parameters", "_buffers", "_modules", "_non_persistent_buffers_set", "training"}
+)
+
+
+def _module_state(root: Any) -> list[tuple[Any, dict[str, Any]]]:
+    """Each submodule's plain attributes, with shallow copies of dicts and lists.
+
+    A model may cache values across calls in its own attributes (timm's LeViT
+    keeps attention biases in a dict keyed by device). During an fx trace those
+    values are proxies of the trace's graph; left there, the next trace reads a
+    proxy of a dead graph and fails (``KeyError: getitem_6``), and the next run
+    of the model gets a proxy instead of a tensor.
+    """
+    state = []
+    for m in root.modules():
+        snap = {}
+        for k, v in vars(m).items():
+            if k in _TORCH_SLOTS or (k.startswith("_") and k.endswith("hooks")):
+                continue
+            snap[k] = (v, v.copy() if isinstance(v, (dict, list)) else None)
+        state.append((m, snap))
+    return state
+
+
+def _has_proxy(value: Any, depth: int = 3) -> bool:
+    from torch import fx
+
+    if isinstance(value, fx.Proxy):
+        return True
+    if depth == 0:
+        return False
+    if isinstance(value, dict):
+        return any(_has_proxy(v, depth - 1) for v in value.values())
+    if isinstance(value, (list, tuple, set)):
+        return any(_has_proxy(v, depth - 1) for v in value)
+    return False
+
+
+def _drop_proxies(root: Any, saved: list[tuple[Any, dict[str, Any]]]) -> None:
+    """Undo what a trace stored in module attributes, where it stored proxies.
+
+    Only attributes that now hold a proxy change: a new one is deleted, a
+    replaced one gets its old value back, a dict or list changed in place gets
+    its old contents back. Everything else a trace did to the model stays.
+    """
+    for m, snap in saved:
+        d = vars(m)
+        for k in list(d):
+            if k in _TORCH_SLOTS or not _has_proxy(d[k]):
+                continue
+            if k not in snap:
+                del d[k]
+                continue
+            old, contents = snap[k]
+            if d[k] is old and contents is not None:
+                old.clear()
+                if isinstance(old, dict):
+                    old.update(contents)
+                else:
+                    old.extend(contents)
+            else:
+                d[k] = old
 
 
 def export_module(model: Any, args: tuple[Any, ...]) -> Any:
@@ -296,9 +366,26 @@ def export_module(model: Any, args: tuple[Any, ...]) -> Any:
     import torch
 
     with MODULE_GATE.exclusive(), TORCH_GLOBALS_LOCK:
-        gm = torch.export.export(model, args, strict=False).module()
+        ep = torch.export.export(model, args, strict=False)
+        if _mutates(ep.graph):
+            # Functionalise: ``buf = zeros(); buf.add_(f(x))`` and slice assignment
+            # become out-of-place ops (``add``, ``slice_scatter``) whose outputs carry
+            # the written data, so no input-free node is ever written with input
+            # data (a split could not move such a write across the cut). Only when
+            # needed: it costs a second pass over the graph.
+            ep = ep.run_decompositions({})
+        gm = ep.module()
     forget_source_when_collected(gm)
     return gm
+
+
+def _mutates(graph: Any) -> bool:
+    """Whether an exported graph holds an in-place (schema-mutable) operator."""
+    for n in graph.nodes:
+        schema = getattr(n.target, "_schema", None)
+        if n.op == "call_function" and schema is not None and schema.is_mutable:
+            return True
+    return False
 
 
 def graph_module(root: Any, graph: Any, class_name: str) -> Any:

@@ -56,6 +56,7 @@ __all__ = [
     "target_name",
     "tensor_bytes",
     "trace",
+    "value_template",
 ]
 
 T = TypeVar("T")
@@ -66,6 +67,10 @@ LAYER_GRAPH_VERSION = 1
 
 class TraceError(RuntimeError):
     """Raised when neither torch.fx nor torch.export can trace a model."""
+
+
+class _StateWrite(Exception):
+    """A traced program writes input data into module state (see `_build`)."""
 
 
 @dataclass(eq=False)
@@ -89,9 +94,18 @@ class TracedProgram:
         Set when the program came from torch.export, whose graph takes flat inputs
         and returns flat outputs.
     example_inputs : tuple
-        The positional arguments `trace` was given (the tensors themselves, not
-        copies): the shapes the graph was measured at. Empty for a program built
-        by hand.
+        Copies of the positional arguments `trace` was given: the shapes the graph
+        was measured at. Empty for a program built by hand.
+    templates : tuple
+        Per layer-graph node, the structure of its traced value (see
+        `value_template`): what a boundary value looks like on the wire.
+    input_meta : tuple or None
+        For a torch.export program: per flat input, ``(dtype, shape)`` of a tensor
+        or None for another value. torch.export specialises the program to these
+        shapes (a branch on a shape is taken once, at trace time, and its guard
+        has no path to the output, so the cut parts would drop it): the parts
+        refuse any other shape (see :meth:`flatten_inputs`). None for torch.fx,
+        whose program keeps shapes symbolic.
     output_spec : pytree spec or None
         Structure of the model's output (``torch.utils._pytree``), from the trace.
     output_meta : tuple or None
@@ -107,21 +121,50 @@ class TracedProgram:
     example_inputs: tuple[Any, ...] = ()
     output_spec: Any = None
     output_meta: tuple[Any, ...] | None = None
+    input_meta: tuple[Any, ...] | None = None
+    templates: tuple[Any, ...] = ()
     _lock: Any = field(default_factory=threading.RLock, init=False, repr=False)
     _memo: dict[str, tuple[Any, Any]] = field(default_factory=dict, init=False, repr=False)
 
     def flatten_inputs(
         self, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None
     ) -> list[Any]:
-        """Map the model's call arguments onto the program's placeholders."""
+        """Map the model's call arguments onto the program's placeholders.
+
+        Raises
+        ------
+        ValueError
+            A torch.export program given inputs of other shapes or dtypes than it
+            was traced at (see ``input_meta``).
+        """
         if self.in_spec is None:
             if kwargs:
                 raise TypeError("keyword inputs need a torch.export trace")
-            return list(args)
-        from torch.utils import _pytree
+            flat = list(args)
+        else:
+            from torch.utils import _pytree
 
-        flat, _ = _pytree.tree_flatten((tuple(args), dict(kwargs or {})))
+            flat, _ = _pytree.tree_flatten((tuple(args), dict(kwargs or {})))
+        if self.input_meta is not None:
+            self._check_traced_shapes(flat)
         return flat
+
+    def _check_traced_shapes(self, flat: list[Any]) -> None:
+        meta = self.input_meta
+        assert meta is not None
+        if len(flat) != len(meta):
+            raise ValueError(f"the model was traced with {len(meta)} inputs, not {len(flat)}")
+        for i, (v, m) in enumerate(zip(flat, meta, strict=True)):
+            if m is None:
+                continue
+            got = (str(getattr(v, "dtype", type(v).__name__)), tuple(getattr(v, "shape", ())))
+            if got != m:
+                raise ValueError(
+                    f"input {i} is {got[0]}{list(got[1])}; the model was traced by "
+                    f"torch.export at {m[0]}{list(m[1])}, and torch.export fixes every "
+                    "shape-dependent branch and size at trace time: trace it again at "
+                    "this shape"
+                )
 
     def restructure_outputs(self, flat: Any) -> Any:
         """Give the program's outputs the structure the model returns."""
@@ -585,7 +628,20 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, method: str = "auto") 
                     + " (an autocast region, or input-dependent values folded into the "
                     "trace; method='auto' falls back to torch.export)"
                 )
-    if gm is None and method in ("auto", "export"):
+    if gm is not None:
+        try:
+            # The FLOP-counting pass runs the program; serialised with the tracers.
+            with fxsafety.TORCH_GLOBALS_LOCK:
+                return _build(gm, args, used, None, None)
+        except _StateWrite as e:
+            gm = None
+            failures.append(f"the torch.fx program {e}")
+            if method == "fx":
+                raise TraceError(
+                    "could not trace the model; " + "; ".join(failures) + " (method='auto' "
+                    "falls back to torch.export, which makes such writes out-of-place)"
+                ) from None
+    if method in ("auto", "export"):
         try:
             gm = fxsafety.export_module(model, args)
             info = getattr(gm.graph._codegen, "pytree_info", None)
@@ -596,9 +652,15 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, method: str = "auto") 
             failures.append(f"torch.export failed{_user_frame(e)}: {_first_line(e)}")
     if gm is None:
         raise TraceError("could not trace the model; " + "; ".join(failures))
-    # The FLOP-counting pass runs the program; serialised with the tracers.
-    with fxsafety.TORCH_GLOBALS_LOCK:
-        return _build(gm, args, used, in_spec, out_spec)
+    try:
+        with fxsafety.TORCH_GLOBALS_LOCK:
+            return _build(gm, args, used, in_spec, out_spec)
+    except _StateWrite as e:
+        raise TraceError(
+            f"could not trace the model: the torch.export program {e} (a model that "
+            "keeps state across calls in a buffer cannot be split: the device and the "
+            "server each hold their own copy)"
+        ) from None
 
 
 def _differs_from_model(gm: Any, model: Any, args: tuple[Any, ...]) -> str | None:
@@ -678,6 +740,46 @@ def _leaves(value: Any) -> list[Any]:
         return _pytree.tree_leaves(value)
     except Exception:
         return [value]
+
+
+def value_template(value: Any) -> Any:
+    """The structure of a traced value, with the kind of each leaf (no data).
+
+    A tree of tuples: ``("tensor", dtype, shape)``; ``("int",)``, ``("float",)``
+    and ``("bool",)`` for Python numbers (a size, a scalar computed from the
+    input); ``("const", value)`` for any other leaf (None, a string, a dtype, a
+    device: fixed by the traced shapes and dtypes); ``("seq", rebuild, children)``
+    for a tuple, list, ``torch.Size``, named tuple or torch structseq (``rebuild``
+    makes one from a list of children); ``("dict", keys, children)``.
+    See `cic_fast.frontend.cutting.BoundaryCodec`, which sends values by it.
+    """
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return ("tensor", str(value.dtype).removeprefix("torch."), tuple(value.shape))
+    if isinstance(value, bool):
+        return ("bool",)
+    if isinstance(value, int):
+        return ("int",)
+    if isinstance(value, float):
+        return ("float",)
+    if isinstance(value, dict):
+        keys = tuple(value)
+        return ("dict", keys, tuple(value_template(value[k]) for k in keys))
+    if isinstance(value, (tuple, list)):
+        return ("seq", _rebuilder(value), tuple(value_template(v) for v in value))
+    return ("const", value)
+
+
+def _rebuilder(value: Any) -> Callable[[list[Any]], Any]:
+    import torch
+
+    cls = type(value)
+    if cls in (tuple, list, torch.Size) or hasattr(cls, "n_fields"):  # structseq
+        return cls
+    if hasattr(cls, "_fields"):  # a named tuple
+        return lambda items: cls(*items)
+    return tuple if isinstance(value, tuple) else list
 
 
 def tensor_bytes(value: Any) -> int:
@@ -769,6 +871,10 @@ def _build(gm: Any, args: tuple[Any, ...], method: str, in_spec: Any, out_spec: 
         module=gm, fx_nodes=[], in_spec=in_spec, out_spec=out_spec, example_inputs=args
     )
     flat = program.flatten_inputs(args)
+    if method == "export":
+        program.input_meta = tuple(
+            (str(v.dtype), tuple(v.shape)) if isinstance(v, torch.Tensor) else None for v in flat
+        )
     nodes: list[fx.Node] = list(gm.graph.nodes)
     order = {n: i for i, n in enumerate(nodes)}
     out_node = next(n for n in nodes if n.op == "output")
@@ -860,13 +966,30 @@ def _build(gm: Any, args: tuple[Any, ...], method: str, in_spec: Any, out_spec: 
             for p in preds[n]:
                 live[p] = True
 
+    # A parameter, buffer or baked constant written with input data: a split could
+    # not carry the write to the other side (each side reads its own module state).
+    for m, victims in mutated.items():
+        state = [v for v in victims if v.op == "get_attr"]
+        if state and dep[m] and live[m]:
+            raise _StateWrite(
+                f"{m.name} ({target_name(m)}) writes input data into {state[0].target!r}, "
+                "a parameter, buffer or constant folded into the trace"
+            )
+
     kept = [n for n in nodes if n.op == "placeholder" or n is out_node or (dep[n] and live[n])]
     index = {n: i for i, n in enumerate(kept)}
+    placeholders = [index[n] for n in kept if n.op == "placeholder"]
     edge_set: set[tuple[int, int]] = set()
     for n in kept:
-        for p in preds[n]:
-            if p in index:
-                edge_set.add((index[p], index[n]))
+        ins = [index[p] for p in preds[n] if p in index]
+        if not ins and n.op != "placeholder":
+            # The inputs must be the only sources (the cost model pins every source to
+            # the device). A node that reads no input yet is kept (the output of a
+            # model whose result ignores its inputs, a constant later written with
+            # input data) gets edges from the inputs: it may then run on either side,
+            # and on the server the inputs are sent (and priced), as the edges say.
+            ins = placeholders
+        edge_set.update((u, index[n]) for u in ins)
     edges = np.array(sorted(edge_set), dtype=np.int64).reshape(-1, 2)
     assert (edges[:, 0] < edges[:, 1]).all(), "fx order is not topological"
 
@@ -879,6 +1002,7 @@ def _build(gm: Any, args: tuple[Any, ...], method: str, in_spec: Any, out_spec: 
         for m, vs in mutated.items()
         if m in index
     }
+    program.templates = tuple(None if n is out_node else value_template(env[n]) for n in kept)
     out_bytes = np.array(
         [0 if n is out_node else tensor_bytes(env[n]) for n in kept], dtype=np.int64
     )

@@ -1648,8 +1648,9 @@ class Client:
                 return self._local(tail, sent, partition, bw, probed, t_start, t0, err)
             request_id = next(self._ids)
             try:
-                parts, nbytes = M.encode_request(request_id, partition.on_device, sent)
-            except (TypeError, ValueError) as e:  # e.g. a non-tensor value at the cut
+                wire = dict(head.codec.flatten(sent))
+                parts, nbytes = M.encode_request(request_id, partition.on_device, wire)
+            except (TypeError, ValueError) as e:  # unlike the trace, or a dtype the wire lacks
                 return self._local(tail, sent, partition, bw, probed, t_start, t0, str(e))
             device_s = time.perf_counter() - t0
             # timeout_s bounds the whole network part: connect, handshake, send, answer
@@ -1978,8 +1979,9 @@ class Client:
             return pipe
         job.request_id = next(self._ids)
         try:
-            job.parts, nbytes = M.encode_request(job.request_id, partition.on_device, sent)
-        except (TypeError, ValueError) as e:  # e.g. a non-tensor value at the cut
+            wire = dict(head.codec.flatten(sent))
+            job.parts, nbytes = M.encode_request(job.request_id, partition.on_device, wire)
+        except (TypeError, ValueError) as e:  # unlike the trace, or a dtype the wire lacks
             self._stream_fallback(job, t0, str(e))
             return pipe
         job.device_s = time.perf_counter() - t0

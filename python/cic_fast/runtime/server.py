@@ -56,8 +56,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cic_fast.core import cost
-from cic_fast.frontend.cutting import build_parts, describe_boundary
-from cic_fast.frontend.tracing import LayerGraph, as_traced, dtype_of_label
+from cic_fast.frontend.cutting import build_parts
+from cic_fast.frontend.tracing import LayerGraph, as_traced
 from cic_fast.runtime import messages as M
 from cic_fast.runtime import wire as W
 from cic_fast.runtime.fingerprint import traced_fingerprint
@@ -429,11 +429,10 @@ class Server:
 
     def _build_tail(self, key: bytes, slot: _TailSlot, on: np.ndarray) -> None:
         try:
-            _, module, boundary = build_parts(self.graph, on, head=False)
-            expected = {
-                b.name: (None if b.dtype is None else dtype_of_label(b.dtype), b.shape)
-                for b in describe_boundary(self.graph, boundary)
-            }
+            _, module, _ = build_parts(self.graph, on, head=False)
+            # every tensor the wire carries: boundary values that are not one tensor
+            # travel as their leaves (`BoundaryCodec`), each with a known dtype/shape
+            expected = {leaf.name: (leaf.dtype, leaf.shape) for leaf in module.codec.leaves}
             slot.tail = _Tail(module, expected)
             with self._lock:
                 self.stats["tails_built"] += 1
@@ -487,7 +486,7 @@ class Server:
                 tail.check(name, str(t.dtype).removeprefix("torch."), tuple(t.shape))
         try:
             with torch.inference_mode():
-                out = tail.module(tensors)
+                out = tail.module(tail.module.codec.restore(tensors))
         except Exception as e:  # the tail is the model's code: report, keep serving
             raise W.ProtocolError(
                 W.ErrorCode.INTERNAL, f"tail failed: {type(e).__name__}: {e}"
