@@ -157,7 +157,8 @@ class TracedProgram:
         for i, (v, m) in enumerate(zip(flat, meta, strict=True)):
             if m is None:
                 continue
-            got = (str(getattr(v, "dtype", type(v).__name__)), tuple(getattr(v, "shape", ())))
+            dtype = str(getattr(v, "dtype", type(v).__name__)).removeprefix("torch.")
+            got = (dtype, tuple(getattr(v, "shape", ())))
             if got != m:
                 raise ValueError(
                     f"input {i} is {got[0]}{list(got[1])}; the model was traced by "
@@ -855,7 +856,13 @@ def run_node(gm: Any, node: fx.Node, args: tuple[Any, ...], kwargs: dict[str, An
 
 
 def placeholder_value(node: fx.Node, flat: list[Any], pos: int) -> Any:
-    """Value of the pos-th placeholder: the given input or the default."""
+    """Value of the pos-th placeholder: the given input or the default.
+
+    fx traces ``forward(self, *xs)`` into one placeholder (target ``"*xs"``) that
+    holds every remaining positional argument, as a tuple.
+    """
+    if isinstance(node.target, str) and node.target.startswith("*"):
+        return tuple(flat[pos:])
     if pos < len(flat):
         return flat[pos]
     if node.args:
@@ -873,7 +880,10 @@ def _build(gm: Any, args: tuple[Any, ...], method: str, in_spec: Any, out_spec: 
     flat = program.flatten_inputs(args)
     if method == "export":
         program.input_meta = tuple(
-            (str(v.dtype), tuple(v.shape)) if isinstance(v, torch.Tensor) else None for v in flat
+            (str(v.dtype).removeprefix("torch."), tuple(v.shape))
+            if isinstance(v, torch.Tensor)
+            else None
+            for v in flat
         )
     nodes: list[fx.Node] = list(gm.graph.nodes)
     order = {n: i for i, n in enumerate(nodes)}
@@ -968,9 +978,12 @@ def _build(gm: Any, args: tuple[Any, ...], method: str, in_spec: Any, out_spec: 
 
     # A parameter, buffer or baked constant written with input data: a split could
     # not carry the write to the other side (each side reads its own module state).
+    # fx reads an attribute again through a new node that has no edge from the
+    # write, so any such write is refused; torch.export's functional program reads
+    # the written value from the graph, and writes state back only in dead nodes.
     for m, victims in mutated.items():
         state = [v for v in victims if v.op == "get_attr"]
-        if state and dep[m] and live[m]:
+        if state and dep[m] and (method == "fx" or live[m]):
             raise _StateWrite(
                 f"{m.name} ({target_name(m)}) writes input data into {state[0].target!r}, "
                 "a parameter, buffer or constant folded into the trace"
