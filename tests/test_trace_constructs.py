@@ -9,8 +9,6 @@ cost model accepts must be accepted by ``split`` too.
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 

@@ -915,14 +915,7 @@ def _build(gm: Any, args: tuple[Any, ...], method: str, in_spec: Any, out_spec: 
                 k = fx.node.map_arg(node.kwargs, lambda n: env[n])
                 in_tensors = [t for t in _leaves((a, k)) if isinstance(t, torch.Tensor)]
                 before = [_version(t) for t in in_tensors]
-                if node.op == "get_attr":
-                    env[node] = run_node(gm, node, a, k)
-                    flops[node] = 0
-                else:
-                    counter = fxsafety.flop_counter()
-                    with counter:
-                        env[node] = run_node(gm, node, a, k)
-                    flops[node] = int(counter.get_total_flops())
+                env[node], flops[node] = _run_counted(gm, node, a, k)
                 hit = {
                     t.untyped_storage().data_ptr()
                     for t, v in zip(in_tensors, before, strict=True)
@@ -1031,6 +1024,30 @@ def _build(gm: Any, args: tuple[Any, ...], method: str, in_spec: Any, out_spec: 
         method=method,
         program=program,
     )
+
+
+def _run_counted(gm: Any, node: Any, args: Any, kwargs: Any) -> tuple[Any, int]:
+    """Run one node of the program on the example and count its FLOPs.
+
+    FLOPs only feed estimates: an operator the counter cannot follow (it has
+    failed inside ``torch.cond`` and on tensors that require grad) counts 0 and
+    runs again plainly. A node that fails to run is a TraceError naming it.
+    """
+    if node.op == "get_attr":
+        return run_node(gm, node, args, kwargs), 0
+    counter = fxsafety.flop_counter()
+    try:
+        with counter:
+            return run_node(gm, node, args, kwargs), int(counter.get_total_flops())
+    except Exception:
+        pass
+    try:
+        return run_node(gm, node, args, kwargs), 0
+    except Exception as e:
+        raise TraceError(
+            f"the traced program fails on the example inputs at node {node.name} "
+            f"({target_name(node)}): {_first_line(e)}"
+        ) from e
 
 
 def _version(t: Any) -> int | None:
