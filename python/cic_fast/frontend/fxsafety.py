@@ -277,6 +277,8 @@ def symbolic_trace(root: Any) -> Any:
         saved = _module_state(root)
         try:
             tracer = _tracer_class()()
+            # source lines in node.meta["stack_trace"], for errors that name a node
+            tracer.record_stack_traces = True
             graph = tracer.trace(root)
         finally:
             _drop_proxies(root, saved)

@@ -978,8 +978,8 @@ def _build(gm: Any, args: tuple[Any, ...], method: str, in_spec: Any, out_spec: 
         state = [v for v in victims if v.op == "get_attr"]
         if state and dep[m] and (method == "fx" or live[m]):
             raise _StateWrite(
-                f"{m.name} ({target_name(m)}) writes input data into {state[0].target!r}, "
-                "a parameter, buffer or constant folded into the trace"
+                f"{m.name} ({target_name(m)}){_source_of(m)} writes input data into "
+                f"{state[0].target!r}, a parameter, buffer or constant folded into the trace"
             )
 
     kept = [n for n in nodes if n.op == "placeholder" or n is out_node or (dep[n] and live[n])]
@@ -1024,6 +1024,19 @@ def _build(gm: Any, args: tuple[Any, ...], method: str, in_spec: Any, out_spec: 
         method=method,
         program=program,
     )
+
+
+def _source_of(node: Any) -> str:
+    """`` at FILE:LINE `code` `` of the model line that made a node, where recorded."""
+    trace_text = node.meta.get("stack_trace") or ""
+    lines = [ln.strip() for ln in trace_text.strip().splitlines()]
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("File ") and "/torch/" not in lines[i]:
+            code = lines[i + 1] if i + 1 < len(lines) else ""
+            code = "" if code.startswith("File ") else code
+            where = lines[i].removeprefix("File ").split(", in ")[0].replace('", line ', ":")
+            return f" at {where.strip(chr(34))} `{code}`"
+    return ""
 
 
 def _run_counted(gm: Any, node: Any, args: Any, kwargs: Any) -> tuple[Any, int]:
