@@ -5,6 +5,9 @@
 - `fingerprint`: the model identity both sides compare;
 - `estimator`: the client's bandwidth estimate from its own transfers;
 - `server`: `Server`, the tails of any partition over TCP;
+- `http`: the HTTP form of the protocol (stateless POST bodies of the same frames),
+  its service and a standard-library server; `ray_serve`: the same on Ray Serve
+  replicas, with batching (optional extra ``cic_fast[ray]``);
 - `client`: `Client`, per-request decisions through the Planner, local fallback,
   pipelined streams (`Client.stream`) and a hook for the device's computations.
 

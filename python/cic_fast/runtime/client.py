@@ -52,6 +52,7 @@ from cic_fast.frontend.fxsafety import MODULE_GATE
 from cic_fast.frontend.profiling import Profile
 from cic_fast.frontend.splitting import check_planner
 from cic_fast.frontend.tracing import LayerGraph, as_args, as_traced
+from cic_fast.runtime import http as H
 from cic_fast.runtime import messages as M
 from cic_fast.runtime import wire as W
 from cic_fast.runtime.estimator import BandwidthEstimator
@@ -580,7 +581,7 @@ class _Pipe:
                     job.overlapped = bool(self.unanswered) and self.unanswered[0] is not job
                 parts, job.parts = job.parts or [], None
                 job.t_send = time.perf_counter()
-                job.frame_bytes = W.send_frame(self.sock, W.MsgType.INFER, parts)
+                job.frame_bytes = self.conn.send(W.MsgType.INFER, parts)
                 del parts
                 self.last_progress = time.perf_counter()
                 self.recvq.put(job)
@@ -590,7 +591,7 @@ class _Pipe:
     def recv_loop(self) -> None:
         try:
             while (job := self.recvq.get()) is not None and self.error is None:
-                kind, payload = self.conn.reader.frame()
+                kind, payload = self.conn.read()
                 job.reply_bytes = W.HEADER.size + payload.left
                 request_id, job.server_s, job.out = self.decode(kind, payload)
                 job.t_recv = self.last_progress = time.perf_counter()
@@ -635,13 +636,58 @@ class _Pipe:
 
 
 class _Conn:
-    """An open connection whose handshake is done, and the reader of its frames."""
+    """An open connection whose handshake is done, and the reader of its frames.
 
-    def __init__(self, sock: socket.socket, limits: W.Limits, max_frame_bytes: int | None):
+    Over HTTP (``http`` set) there is no handshake: each request is a ``POST``
+    whose body is the client's ``HELLO`` and the request's frame
+    (`cic_fast.runtime.http`); `send` and `read` add and strip the HTTP parts.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        limits: W.Limits,
+        max_frame_bytes: int | None,
+        http: H.HttpTarget | None = None,
+        hello: bytes = b"",
+    ):
         self.sock = sock
+        self.limits = limits
         self.reader = W.SocketReader(sock, limits)
         self.max_frame_bytes = max_frame_bytes
         self.used = -float("inf")  # time.monotonic() of the last answer
+        self.http = http
+        self.hello = hello  # over HTTP: the HELLO frame that starts every body
+        self.closing = False  # over HTTP: the server said it closes after its answer
+
+    def send(
+        self,
+        msg_type: W.MsgType,
+        parts: list[Any],
+        *,
+        deadline: float | None = None,
+        tick: W.Tick | None = None,
+    ) -> int:
+        """Send one request frame (over HTTP: in a POST, after the HELLO); bytes written."""
+        if self.http is None:
+            return W.send_frame(self.sock, msg_type, parts, deadline=deadline, tick=tick)
+        nbytes = sum(memoryview(p).nbytes for p in parts)
+        body = len(self.hello) + W.HEADER.size + nbytes
+        prefix = self.http.request_head(body) + self.hello
+        return W.send_frame(self.sock, msg_type, parts, deadline=deadline, tick=tick, prefix=prefix)
+
+    def read(
+        self, *, deadline: float | None = None, tick: W.Tick | None = None
+    ) -> tuple[W.MsgType, W.Payload]:
+        """The next answer's frame type and payload (over HTTP: the body of the answer)."""
+        if self.http is None:
+            return self.reader.frame(deadline=deadline, tick=tick)
+        kind, payload, headers = H.read_response(
+            self.reader, self.limits, deadline=deadline, tick=tick
+        )
+        self.max_frame_bytes = H.frame_limit(headers) or self.max_frame_bytes
+        self.closing = headers.get("connection", "").lower() == "close"
+        return kind, payload
 
     def stale(self) -> bool:
         """True if the server closed it (or wrote unasked) since the last answer.
@@ -650,7 +696,7 @@ class _Conn:
         of file, a reset, or bytes nobody asked for: the connection is not
         trusted for the next request.
         """
-        return self.reader.wait(0.0)
+        return self.closing or self.reader.wait(0.0)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -713,8 +759,13 @@ class Client:
     example_inputs : torch.Tensor or tuple, optional
         One forward call's arguments (the shapes the server accepts); only with a
         model.
-    address : tuple of (str, int)
-        The server. Required.
+    address : tuple of (str, int), or str
+        The server. Required. ``(host, port)``: a `Server` over TCP (a session
+        with a handshake); ``"http://host:port/path"``: the HTTP form of the
+        protocol (`cic_fast.runtime.http`: a ``cic-fast serve --backend http``
+        or ``--backend ray`` server, or anything behind an HTTP load balancer),
+        stateless requests on a keep-alive connection. Decisions, estimates,
+        deadlines, hedging and fallbacks are the same for both.
     device_profile, server_profile : Profile, optional
         Per-layer seconds on this device and on the server; required without
         ``planner``, checked against it with one.
@@ -843,7 +894,7 @@ class Client:
         self,
         model: torch.nn.Module | LayerGraph,
         example_inputs: Any = None,
-        address: tuple[str, int] | None = None,
+        address: tuple[str, int] | str | None = None,
         *,
         device_profile: Profile | None = None,
         server_profile: Profile | None = None,
@@ -876,6 +927,7 @@ class Client:
                     "give address=(host, port)"
                 )
             raise TypeError("Client needs the server's address=(host, port)")
+        endpoint, http = H.parse_address(address)
         for name, value in (
             ("timeout_s", timeout_s),
             ("retry_s", retry_s),
@@ -926,7 +978,8 @@ class Client:
                 self.graph, device_profile, server_profile, rtt_s=rtt_s or 0.0
             )
         self.planner = planner
-        self.address = (str(address[0]), int(address[1]))
+        self.endpoint, self.http = endpoint, http
+        self.address: tuple[str, int] | str = endpoint if http is None else http.url
         self.timeout_s = float(timeout_s)
         self.bandwidth_bps = bandwidth_bps
         self.rtt_s = planner.rtt_s
@@ -938,6 +991,8 @@ class Client:
         self.limits = limits or W.Limits()
         self.device_runner = device_runner
         self.fingerprint = traced_fingerprint(self.graph)
+        hello = M.encode_hello(self.fingerprint)
+        self._hello_frame = W.frame_header(W.MsgType.HELLO, len(hello)) + hello
         prog = self.graph.program
         assert prog is not None  # as_traced checked it
         self._out_spec, out_meta = prog.output_structure()
@@ -1057,10 +1112,14 @@ class Client:
         """A new connection, handshake done by ``deadline`` (watched by ``tick``)."""
         if tick is not None:
             tick.connecting = True  # a connect and a handshake wait on the link alone
-        sock = W.connect(self.address, deadline=deadline, tick=tick)
+        sock = W.connect(self.endpoint, deadline=deadline, tick=tick)
         try:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.http is not None:  # stateless: each request carries the fingerprint
+                if tick is not None:
+                    tick.connecting = False
+                return _Conn(sock, self.limits, None, self.http, self._hello_frame)
             conn = _Conn(sock, self.limits, None)
             hello = [M.encode_hello(self.fingerprint)]
             W.send_frame(sock, W.MsgType.HELLO, hello, deadline=deadline, tick=tick)
@@ -1125,8 +1184,8 @@ class Client:
             t1 = time.perf_counter()
             try:
                 conn.reader.frame_started = False
-                sent = W.send_frame(conn.sock, msg_type, parts, deadline=deadline, tick=tick)
-                kind, payload = conn.reader.frame(deadline=deadline, tick=tick)
+                sent = conn.send(msg_type, parts, deadline=deadline, tick=tick)
+                kind, payload = conn.read(deadline=deadline, tick=tick)
             except _STALE_ERRORS:
                 if tick is not None and tick.winner == "local":
                     raise _LocalWon from None  # the hedge shut the socket down
@@ -1361,8 +1420,8 @@ class Client:
             self._check_frame(nbytes, conn.max_frame_bytes)
             t1 = time.perf_counter()
             before = _tcp_sent(conn.sock)
-            sent = W.send_frame(conn.sock, msg_type, parts, deadline=deadline, tick=counter)
-            kind, payload = conn.reader.frame(deadline=deadline, tick=counter)
+            sent = conn.send(msg_type, parts, deadline=deadline, tick=counter)
+            kind, payload = conn.read(deadline=deadline, tick=counter)
             received = W.HEADER.size + payload.left
             try:
                 out = read(kind, payload)

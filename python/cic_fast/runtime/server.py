@@ -779,19 +779,39 @@ class Server:
             self._send_error(conn, e.code, str(e))
             return
         t0 = time.perf_counter() - build_s
-        if not self._acquire_worker():
-            with self._lock:
-                self.stats["busy"] += 1
-            self._send_error(conn, W.ErrorCode.BUSY, "server overloaded: request not run")
-            return
-        t1 = time.perf_counter()
         try:
-            outputs = self.run_tail(on, tensors)
+            outputs = self.compute(on, tensors)
         except W.ProtocolError as e:
-            if e.fatal:
+            if e.fatal and e.code != W.ErrorCode.BUSY:  # a refused request keeps the connection
                 raise
             self._send_error(conn, e.code, str(e))
             return
+        del tensors
+        parts, _ = M.encode_result(request_id, time.perf_counter() - t0, outputs)
+        with self._lock:
+            self.stats["requests"] += 1
+        self._reply(conn, W.MsgType.RESULT, parts)
+
+    def compute(self, on_device: np.ndarray, tensors: dict[str, Any]) -> list[Any]:
+        """`run_tail` through the compute slots and the admission queue.
+
+        The request waits for one of the ``workers`` slots if the admission
+        queue has room for it (see ``queue_size`` and ``max_wait_s``), else it
+        is refused at once. The HTTP form of the protocol
+        (`cic_fast.runtime.http`) runs its requests through this too.
+
+        Raises
+        ------
+        protocol.ProtocolError
+            BUSY (the request was not run), or what `run_tail` raises.
+        """
+        if not self._acquire_worker():
+            with self._lock:
+                self.stats["busy"] += 1
+            raise W.ProtocolError(W.ErrorCode.BUSY, "server overloaded: request not run")
+        t1 = time.perf_counter()
+        try:
+            return self.run_tail(on_device, tensors)
         finally:
             self._slots.put(None)
             took = time.perf_counter() - t1
@@ -799,11 +819,6 @@ class Server:
             with self._lock:  # read by _acquire_worker in other session threads
                 self._service_s += (0.1 if self._service_s else 1.0) * (took - self._service_s)
             self._request.tail = None
-        del tensors
-        parts, _ = M.encode_result(request_id, time.perf_counter() - t0, outputs)
-        with self._lock:
-            self.stats["requests"] += 1
-        self._reply(conn, W.MsgType.RESULT, parts)
 
     def _acquire_worker(self) -> bool:
         """A compute slot; False (answer BUSY) if the admission queue is full."""

@@ -377,6 +377,7 @@ def send_frame(
     *,
     deadline: float | None = None,
     tick: Tick | None = None,
+    prefix: bytes = b"",
 ) -> int:
     """Send one frame whose payload is the concatenation of ``parts`` (bytes-like).
 
@@ -388,20 +389,24 @@ def send_frame(
     tick : Tick, optional
         Called whenever a wait for the socket passes ``tick.at`` (with a deadline
         only); the bytes the socket accepts are added to ``tick.sent``.
+    prefix : bytes
+        Bytes written before the frame's header, in the same write (the HTTP
+        form of the protocol: a request line and headers, then a ``HELLO``);
+        not part of the frame.
 
     Returns
     -------
     int
-        Bytes written, header included.
+        Bytes written, header (and ``prefix``) included.
     """
     views = [memoryview(p).cast("B") for p in parts]
     length = sum(v.nbytes for v in views)
-    head = frame_header(msg_type, length)
+    head = prefix + frame_header(msg_type, length)
     if tick is not None:
         if deadline is None:
             raise ValueError("send_frame: a tick needs a deadline")
         _send_ticking(sock, head, views, deadline, tick)
-        return HEADER.size + length
+        return len(head) + length
     with _Deadline(sock, deadline, "sending a frame") as dl:
         small = [v for v in views if v.nbytes < 65536]
         if len(small) == len(views):
@@ -422,7 +427,7 @@ def send_frame(
             if pending:
                 dl.arm()
                 sock.sendall(b"".join(pending))
-    return HEADER.size + length
+    return len(head) + length
 
 
 def _send_ticking(
@@ -791,6 +796,50 @@ class SocketReader:
                 f"{kind.name} frame of {length} bytes over the limit of {max_payload} here",
             )
         return kind, _SocketPayload(self, length)
+
+    def read_until(
+        self,
+        delimiter: bytes,
+        max_bytes: int,
+        what: str,
+        *,
+        deadline: float | None = None,
+        tick: Tick | None = None,
+    ) -> bytes:
+        """The bytes up to and including ``delimiter`` (an HTTP head), at most ``max_bytes``.
+
+        Reads like `frame` (``deadline``, ``tick``); the bytes after the
+        delimiter stay buffered (the frame that follows).
+
+        Raises
+        ------
+        ProtocolError
+            TOO_LARGE: no delimiter within ``max_bytes``.
+        EOFError, ConnectionError, TimeoutError
+            As `frame`.
+        """
+        if tick is not None and deadline is None:
+            raise ValueError("SocketReader.read_until: a tick needs a deadline")
+        max_bytes = min(max_bytes, len(self._buf))
+        self.deadline = deadline
+        self.tick = tick
+        self.frame_started = False
+        start = 0  # where the delimiter may begin in the buffered bytes
+        while True:
+            at = self._buf.find(delimiter, self._lo + start, self._hi)
+            if at >= 0:
+                end = at + len(delimiter)
+                out = bytes(self._view[self._lo : end])
+                self._lo = end
+                return out
+            got = self._hi - self._lo
+            if got >= max_bytes:
+                raise ProtocolError(ErrorCode.TOO_LARGE, f"{what} over {max_bytes} bytes")
+            start = max(0, got - len(delimiter) + 1)
+            if self._hi == len(self._buf):  # compact: move the bytes to the front
+                self._view[:got] = self._view[self._lo : self._hi]
+                self._lo, self._hi = 0, got
+            self._hi += self._recv_into(self._view[self._hi :], what, got, max_bytes)
 
     # -- raw reads, for the payload of the current frame (which keeps to its length) ---
 
