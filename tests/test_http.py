@@ -407,3 +407,34 @@ def test_frame_prefix_counts_in_send_frame():
         assert n == 2 + W.HEADER.size + 3
         got = b.recv(100)
         assert got[:2] == b"XY" and struct.unpack("<I", got[10:14])[0] == 3
+
+
+@pytest.mark.slow
+def test_loadtest_cli_against_tcp_and_http(tmp_path, capsys):
+    from cic_fast.cli import main
+
+    torch.manual_seed(1)
+    setup = Setup(torchvision.models.squeezenet1_1(), torch.randn(1, 3, 32, 32))
+    weights = tmp_path / "w.pt"
+    torch.save(setup.model.state_dict(), weights)
+    model = ["torchvision:squeezenet1_1", "--weights", str(weights), "--input-shape", "1,3,32,32"]
+    with setup.server() as tcp, http_server(setup) as web:
+        host, port = tcp.address
+        for address, partition in ((f"{host}:{port}", "server"), (web.url, "features_2")):
+            report = tmp_path / "r.json"
+            argv = ["loadtest", *model, "--address", address, "--devices", "3"]
+            argv += ["--duration-s", "1.5", "--partition", partition, "--json", str(report)]
+            assert main([*argv, "--quiet"]) == 0
+            out = capsys.readouterr().out
+            assert "first answer equals the model's: True" in out, out
+            import json
+
+            r = json.loads(report.read_text())
+            assert r["requests"] > 0 and r["errors"] == {} and r["p99_ms"] >= r["p50_ms"]
+        # bounded by the request count too
+        argv = ["loadtest", *model, "--address", web.url, "--devices", "2"]
+        assert main([*argv, "--duration-s", "30", "--max-requests", "5", "--quiet"]) == 0
+        assert " 5 answers" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["loadtest", *model])  # --address is required
+    assert main(["loadtest", *model, "--address", "nohost", "--quiet"]) == 2

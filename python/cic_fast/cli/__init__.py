@@ -1,7 +1,8 @@
 """The ``cic-fast`` command line: one module per command, shared options in `common`.
 
 ``cic-fast demo`` partitions a built-in DNN-shaped graph across a sweep of
-bandwidths; ``profile``, ``split``, ``plan``, ``serve`` and ``evaluate`` work on
+bandwidths; ``profile``, ``split``, ``plan``, ``serve``, ``evaluate`` and
+``loadtest`` work on
 PyTorch models (torch is imported only when one of them runs).
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from cic_fast.cli.common import resolve_model
 from cic_fast.cli.demo import add_demo_parser
 from cic_fast.cli.evaluate import add_evaluate_parser
+from cic_fast.cli.loadtest import add_loadtest_parser
 from cic_fast.cli.plan import add_plan_parser
 from cic_fast.cli.profile import add_profile_parser
 from cic_fast.cli.serve import add_serve_parser
@@ -34,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_parser(sub)
     add_serve_parser(sub)
     add_evaluate_parser(sub)
+    add_loadtest_parser(sub)
     return parser
 
 

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from cic_fast.runtime.server import Server
 
 __all__ = [
+    "BATCH_HEADER",
     "CONTENT_TYPE",
     "LIMIT_HEADER",
     "STATUS",
@@ -65,6 +66,8 @@ __all__ = [
 CONTENT_TYPE = "application/octet-stream"
 #: Response header with the server's ``max_frame_bytes`` (what ``HELLO_OK`` says over TCP).
 LIMIT_HEADER = "X-CIC-Max-Frame-Bytes"
+#: Response header of a batching server: how many requests the answer's tail call ran.
+BATCH_HEADER = "X-CIC-Batch"
 
 #: HTTP status of an ``ERROR`` frame's code.
 STATUS: dict[W.ErrorCode, int] = {
@@ -101,11 +104,14 @@ class Answer:
         The frame (header first); tensor data is not copied.
     code : ErrorCode or None
         The ``ERROR`` frame's code, None for a ``RESULT`` or ``PROBE_OK``.
+    batch : int
+        Requests in the tail call that computed this ``RESULT`` (`BATCH_HEADER`).
     """
 
     status: int
     parts: list[Any]
     code: W.ErrorCode | None = None
+    batch: int = 1
 
     @property
     def nbytes(self) -> int:
@@ -343,7 +349,11 @@ class HttpService:
             group = [reqs[i] for i in idx]
             outs = self._batched(key, group) if len(group) > 1 else None
             for j, (i, r) in enumerate(zip(idx, group, strict=True)):
-                answers[i] = self.run(r, admit=False) if outs is None else self._result(r, outs[j])
+                if outs is None:
+                    answers[i] = self.run(r, admit=False)
+                else:
+                    answer = answers[i] = self._result(r, outs[j])
+                    answer.batch = len(group)
         return [a for a in answers if a is not None]
 
     def _batch_rows(self, tail: Any) -> int | None:
