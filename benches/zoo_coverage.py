@@ -17,16 +17,19 @@ from tiny configs; nothing is downloaded, ``HF_HUB_OFFLINE=1``):
    equals ``model(x)`` (structure, types, dtypes, values to 1e-4), the bytes of the
    head's tensors equal ``partition.bytes_sent``, the head's keys are
    ``partition.sent``, and the head's dict goes through the runtime's wire encoder
-   (`cic_fast.runtime.messages.encode_request`), decodes back to the same tensors and
-   the tail gives the model's outputs from the decoded dict.
+   the way the runtime sends it (``head.codec.flatten``, an INFER frame encoded and
+   decoded by `cic_fast.runtime.messages`, the server's checks of each tensor against
+   ``tail.codec.leaves``, ``tail.codec.restore``), and the tail gives the model's
+   outputs from the decoded dict.
 
 Result classes, per model:
 
 - ``correct``: every partition passes every check;
-- ``wire``: values and bytes are right, but for some partition the head returns a
-  value the wire cannot carry ("non-tensor crosses cut": an int, a size, a tuple,
-  None, or a dtype without a wire code); the runtime's client then runs that
-  request locally;
+- ``wire``: values and bytes are right in process, but for some partition the
+  runtime's path refuses the head's dict: the head's `BoundaryCodec` cannot flatten
+  it ("non-tensor crosses cut": a value unlike the trace's), the encoder has no wire
+  code for a dtype, or the tensors do not match what the server's tail expects (it
+  would answer BAD_TENSOR); the client then runs that request locally;
 - ``wrong``: a partition gives other values, dtypes, structure, keys or bytes (the
   dangerous kind);
 - ``refused``: ``trace`` raised `TraceError` (its message is recorded);
@@ -244,16 +247,24 @@ def check_partition(
                 return "wrong", f"head returns {got_bytes} bytes, bytes_sent {p.bytes_sent}"
         elif p.bytes_sent != 0:
             return "wrong", f"nothing offloaded but bytes_sent {p.bytes_sent}"
-        # encode before the tail runs (a tail may write into the dict's tensors)
+        # Through the runtime's path (Client._run, Server.run_tail): the head's codec
+        # flattens the dict into named tensors, the INFER frame carries them, the server
+        # checks each against the tail's codec and restores the dict. Encoded before
+        # the tail runs (a tail may write into the dict's tensors).
         encoded = None
         problem = None
+        head_codec = getattr(s.head, "codec", None)
+        tail_codec = getattr(s.tail, "codec", None)
         if p.offloads:
             stage[0] = "encode"
             try:
-                parts, _ = messages.encode_request(1, p.on_device, sent)
+                items = head_codec.flatten(sent) if head_codec is not None else sent.items()
+                parts, _ = messages.encode_request(1, p.on_device, dict(items))
                 encoded = b"".join(bytes(memoryview(x).cast("B")) for x in parts)
             except (TypeError, ValueError) as e:
-                problem = wire_problem(sent) or f"{type(e).__name__}: {e}"
+                problem = f"{type(e).__name__}: {e}"
+                if head_codec is None:
+                    problem = wire_problem(sent) or problem
         stage[0] = "tail"
         out = s.tail(sent)
         why = compare(out, ref)
@@ -267,12 +278,26 @@ def check_partition(
             _, on, decoded = messages.decode_request(encoded, limits)
             if not np.array_equal(on, np.asarray(p.on_device, dtype=bool)):
                 return "wrong", "the partition mask does not survive the wire"
-            stage[0] = "tail after the wire"
-            why = compare(s.tail(decoded), ref)
-            if why is not None:
-                return "wrong", f"after the wire: {why}"
+            if tail_codec is not None:
+                want = {leaf.name: (leaf.dtype, tuple(leaf.shape)) for leaf in tail_codec.leaves}
+                got = {
+                    k: (str(t.dtype).removeprefix("torch."), tuple(t.shape))
+                    for k, t in decoded.items()
+                }
+                if got != want:
+                    diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+                    problem = "the server refuses the tensors: " + ", ".join(
+                        f"{k} sent {got.get(k)} expected {want.get(k)}" for k in diff[:4]
+                    )
+                stage[0] = "restore"
+                decoded = tail_codec.restore(decoded)
+            if problem is None:
+                stage[0] = "tail after the wire"
+                why = compare(s.tail(decoded), ref)
+                if why is not None:
+                    return "wrong", f"after the wire: {why}"
     if problem is not None:
-        return "wire", f"non-tensor crosses cut: {problem}"
+        return "wire", f"the wire cannot carry the head's dict: {problem}"
     return "ok", None
 
 
@@ -1056,6 +1081,42 @@ def reason_of(r: dict[str, Any]) -> str:
     return f"{f.get('partition')}: {f.get('detail')}"
 
 
+#: Root causes of non-correct results (the zoo run's diagnoses; docs/model_frontend.md).
+CAUSES = {
+    "W1": "an int, a size or a dtype from shape arithmetic (fx: `B, N, C = x.shape`) crosses",
+    "W2": "a tuple or list of tensors crosses (unbind, chunk, split, a multi-output aten op)",
+    "W3": "a None or bool `forward` argument left at its default crosses (a graph input)",
+    "E1": "after the wire: a non-contiguous boundary tensor arrives contiguous and the "
+    "tail's view() fails (export drops a `.contiguous()` that was a no-op at trace time)",
+    "X1": "after the wire: aliased boundary tensors arrive as copies (an in-place write "
+    "on the server misses the other alias)",
+}
+
+
+def causes_of(r: dict[str, Any]) -> list[str]:
+    """The root causes (keys of `CAUSES`, or the reason itself) of a non-correct model."""
+    if r["result"] in ("correct", "skipped", "refused"):
+        return []
+    f = r.get("failure") or {}
+    if r["result"] == "wire":
+        found = set()
+        for item in str(f.get("detail", "")).split(": ", 1)[-1].split(", "):
+            kind = item.split(": ", 1)[-1]
+            if kind.startswith(("int", "float", "Size", "SymInt", "dtype", "device")):
+                found.add("W1")
+            elif kind.startswith(("tuple", "list")):
+                found.add("W2")
+            elif kind in ("NoneType", "bool"):
+                found.add("W3")
+        return sorted(found) or [str(f.get("detail"))]
+    if r["result"] == "error" and f.get("stage") == "tail after the wire":
+        if "view size is not compatible" in str(f.get("message")):
+            return ["E1"]
+    if r["result"] == "wrong" and "after the wire" in str(f.get("detail")):
+        return ["X1"]
+    return [reason_of(r)]
+
+
 def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     rows: dict[tuple[str, str], Counter] = defaultdict(Counter)
     for r in results:
@@ -1081,20 +1142,67 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         out.append(f"| **{src}** | **all** | " + " | ".join(f"**{sub[k]}**" for k in cols) + " |")
     out.append("| **all** | | " + " | ".join(f"**{total[k]}**" for k in cols) + " |")
     out.append("")
+    parts: Counter = Counter()
+    mincut: Counter = Counter()
+    for r in results:
+        parts.update(r.get("counts", {}))
+        for label, status in r.get("partitions", {}).items():
+            if label.startswith("min-cut") and status != "same":
+                mincut[status] += 1
+        if any(k.startswith("min-cut") and v == "wire" for k, v in r.get("partitions", {}).items()):
+            mincut["models"] += 1
+    out.append(
+        f"Partitions checked: {sum(parts.values())} (ok {parts['ok']}, wire {parts['wire']}, "
+        f"wrong {parts['wrong']}, error {parts['error']}); of these, distinct min-cut "
+        f"partitions {sum(v for k, v in mincut.items() if k != 'models')} (wire "
+        f"{mincut['wire']}, in {mincut['models']} models: the planner's own choice is "
+        "a cut the runtime cannot send)."
+    )
+    out.append("")
     bad = [r for r in results if r["result"] != "correct"]
     if bad:
-        out.append("Models that are not `correct`, by class:")
+        out.append("Models that are not `correct`, by class and root cause (a model with")
+        out.append("several causes is listed under each; the first failing partition's")
+        out.append("values name them):")
         out.append("")
         for cls in ("wrong", "error", "wire", "refused", "skipped"):
             these = sorted((r for r in bad if r["result"] == cls), key=lambda r: r["name"])
             if not these:
                 continue
             out.append(f"- **{cls}** ({len(these)}):")
+            by_cause: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            rest = []
             for r in these:
+                known = [c for c in causes_of(r) if c in CAUSES]
+                for c in known:
+                    by_cause[c].append(r)
+                if not known:
+                    rest.append(r)
+            for c, rs in sorted(by_cause.items()):
+                names = ", ".join(f"`{r['source']}:{r['name']}`" for r in rs)
+                out.append(f"  - {c}, {CAUSES[c]} ({len(rs)}): {names}")
+            for r in rest:
                 text = reason_of(r).replace("|", "\\|").replace("\n", " ")
                 out.append(f"  - `{r['source']}:{r['name']}` ({r['family']}): {text[:300]}")
         out.append("")
     return "\n".join(out)
+
+
+def git_state() -> str | None:
+    """The commit of the checkout this file is in, ``+dirty`` with local changes."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "python"], cwd=root, capture_output=True
+        ).stdout.strip()
+    except OSError:
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
 
 
 def versions() -> dict[str, Any]:
@@ -1153,10 +1261,10 @@ def main(argv: list[str] | None = None) -> int:
 
     families = set(args.families) if args.families else None
     cases: list[dict[str, Any]] = []
+    if args.hf:  # first: few and quick
+        cases += hf_cases(families)
     if args.timm_all or args.timm_sample:
         cases += timm_cases(None if args.timm_all else args.timm_sample, families)
-    if args.hf:
-        cases += hf_cases(families)
     if args.models:
         wanted = set(args.models)
         if not cases:  # names alone: look them up in both sources
@@ -1170,6 +1278,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "versions": versions(),
+        "git": git_state(),
         "settings": {
             k: getattr(args, k) for k in ("timeout", "build_limit", "max_params", "jobs", "threads")
         },
