@@ -267,7 +267,9 @@ def test_replica_killed_during_a_stream(served):
         t.join(60)
         assert not t.is_alive() and not errors, errors
         assert len(paths) > killed_at + 5
-        assert set(paths) <= {"offload", "fallback-local"}, set(paths)
+        # answered by a replica (maybe after Ray's retry), or on the device (an error
+        # page, a reset, or a late answer hedged): always the model's answer
+        assert set(paths) <= {"offload", "fallback-local", "hedged-local", "hedged-offload"}
         # after the recovery the requests are the server's again
         assert paths[-1] == "offload" and paths[n_recovered:].count("offload") >= 3, paths[-20:]
     finally:

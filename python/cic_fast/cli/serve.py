@@ -157,7 +157,6 @@ def _run_ray(args: argparse.Namespace, max_bytes: int) -> int:
         cache_size=args.cache_size,
         max_frame_bytes=max_bytes,
     )
-    stop = _stop_event()
     url = ray_serve.deploy(
         source,
         options,
@@ -167,6 +166,7 @@ def _run_ray(args: argparse.Namespace, max_bytes: int) -> int:
         ray_address=args.ray_address,
         num_cpus=args.ray_cpus,
     )
+    stop = _stop_event()  # after ray.init, which installs a SIGTERM handler of its own
     print(
         f"{args.model}: {options.replicas} replicas, batches of <= {options.max_batch} "
         f"(wait <= {options.batch_wait_ms} ms)",
