@@ -267,6 +267,28 @@ def test_codec_refuses_a_value_unlike_the_trace():
     assert {name for name, _ in s.head.codec.flatten(sent)} == leaves
 
 
+class Transposed(nn.Module):
+    """A non-contiguous tensor at the cut, and a ``view`` after it that needs its strides."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 6)
+
+    def forward(self, x):
+        y = self.lin(x).transpose(1, 2) * 2  # (2, 6, 4), not contiguous
+        return y.transpose(1, 2).view(2, 24) + 1
+
+
+@pytest.mark.parametrize("method", ["fx", "export"])
+def test_a_non_contiguous_tensor_keeps_its_layout_across_the_wire(method):
+    model, x = Transposed().eval(), torch.randn(2, 4, 6)
+    g = trace(model, x, method=method)
+    mul = next(i for i, s in enumerate(g.names) if s.startswith("mul"))
+    assert g.program.templates[mul][3] is not None  # traced strides recorded
+    _, n = every_cut(model, x)  # the wire sends it contiguous; the tail gets the layout back
+    assert n >= 4
+
+
 # ---------------------------------------------------------------- torch.cond, grads, constants
 
 

@@ -290,7 +290,7 @@ class BoundaryCodec:
         result: dict[str, Any] = {}
         for name, tpl in self._nodes:
             if tpl[0] == "tensor":
-                result[name] = tensors[name]
+                result[name] = _with_traced_strides(tensors[name], tpl)
                 continue
             names = (f"{name}.{k}" for k in itertools.count())
             result[name] = _decode(tpl, lambda names=names: tensors[next(names)])
@@ -351,10 +351,30 @@ def _encode(tpl: Any, value: Any, flat: list[Any], where: str) -> None:
             )
 
 
+def _with_traced_strides(t: Any, tpl: Any) -> Any:
+    """A received (contiguous) tensor laid out with the strides it had in the trace.
+
+    Data crosses the wire contiguous, but the code after the cut may depend on the
+    layout (``view`` works on a tensor whose transpose is contiguous, not on the
+    transpose of a contiguous one): a boundary tensor that was not contiguous when
+    traced gets its traced strides back (one copy). Any other shape (a batch of
+    requests stacked by a server) is left as it is.
+    """
+    stride = tpl[3]
+    if stride is None or tuple(t.shape) != tpl[2] or tuple(t.stride()) == stride:
+        return t
+    if 0 in stride:  # an expanded tensor: its elements share memory; no copy fits
+        return t
+    import torch
+
+    out = torch.empty_strided(tpl[2], stride, dtype=t.dtype, device=t.device)
+    return out.copy_(t)
+
+
 def _decode(tpl: Any, take: Any) -> Any:
     kind = tpl[0]
     if kind == "tensor":
-        return take()
+        return _with_traced_strides(take(), tpl)
     if kind in _SCALARS:
         return _SCALARS[kind][1](take().item())
     if kind == "seq":

@@ -746,18 +746,23 @@ def _leaves(value: Any) -> list[Any]:
 def value_template(value: Any) -> Any:
     """The structure of a traced value, with the kind of each leaf (no data).
 
-    A tree of tuples: ``("tensor", dtype, shape)``; ``("int",)``, ``("float",)``
-    and ``("bool",)`` for Python numbers (a size, a scalar computed from the
-    input); ``("const", value)`` for any other leaf (None, a string, a dtype, a
-    device: fixed by the traced shapes and dtypes); ``("seq", rebuild, children)``
-    for a tuple, list, ``torch.Size``, named tuple or torch structseq (``rebuild``
-    makes one from a list of children); ``("dict", keys, children)``.
-    See `cic_fast.frontend.cutting.BoundaryCodec`, which sends values by it.
+    A tree of tuples: ``("tensor", dtype, shape, strides)`` (strides None when
+    contiguous); ``("int",)``, ``("float",)`` and ``("bool",)`` for Python
+    numbers (a size, a scalar computed from the input); ``("const", value)`` for
+    any other leaf (None, a string, a dtype, a device: fixed by the traced shapes
+    and dtypes); ``("seq", rebuild, children)`` for a tuple, list,
+    ``torch.Size``, named tuple or torch structseq (``rebuild`` makes one from a
+    list of children); ``("dict", keys, children)``. See
+    `cic_fast.frontend.cutting.BoundaryCodec`, which sends values by it.
     """
     import torch
 
     if isinstance(value, torch.Tensor):
-        return ("tensor", str(value.dtype).removeprefix("torch."), tuple(value.shape))
+        # the strides too, when not contiguous: code after a cut may depend on them
+        # (a ``view`` of a transposed tensor), and the wire carries contiguous data
+        dense = value.is_contiguous() or value.layout != torch.strided
+        stride = None if dense else tuple(value.stride())
+        return ("tensor", str(value.dtype).removeprefix("torch."), tuple(value.shape), stride)
     if isinstance(value, bool):
         return ("bool",)
     if isinstance(value, int):
