@@ -969,6 +969,15 @@ class Worker:
         self.conn.close()
 
 
+def write_results(path: Path, meta: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    """The results file: the run's metadata, then one model per line."""
+    lines = ",\n".join(json.dumps(r, separators=(",", ":")) for r in results)
+    text = f'{{"meta": {json.dumps(meta, indent=1)},\n"models": [\n{lines}\n]}}\n'
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def run_all(cases: list[dict[str, Any]], opts: dict[str, Any], out: Path | None, meta: dict):
     import multiprocessing as mp
     from multiprocessing.connection import wait
@@ -985,9 +994,7 @@ def run_all(cases: list[dict[str, Any]], opts: dict[str, Any], out: Path | None,
 
     def save() -> None:
         if out is not None:
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"meta": meta, "models": results}, indent=1))
-            tmp.replace(out)
+            write_results(out, meta, results)
 
     def finish(w: Worker, rec: dict[str, Any]) -> None:
         rec["wall_s"] = round(time.monotonic() - w.started, 3)
@@ -1153,10 +1160,10 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             mincut["models"] += 1
     out.append(
         f"Partitions checked: {sum(parts.values())} (ok {parts['ok']}, wire {parts['wire']}, "
-        f"wrong {parts['wrong']}, error {parts['error']}); of these, distinct min-cut "
-        f"partitions {sum(v for k, v in mincut.items() if k != 'models')} (wire "
-        f"{mincut['wire']}, in {mincut['models']} models: the planner's own choice is "
-        "a cut the runtime cannot send)."
+        f"wrong {parts['wrong']}, error {parts['error']}), of which "
+        f"{sum(v for k, v in mincut.items() if k != 'models')} distinct min-cut partitions; "
+        f"min-cut partitions the runtime cannot send (`wire`): {mincut['wire']}, in "
+        f"{mincut['models']} models."
     )
     out.append("")
     bad = [r for r in results if r["result"] != "correct"]
@@ -1246,16 +1253,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the results here (after every model)")
     ap.add_argument("--resume", action="store_true", help="skip models already in --json")
     ap.add_argument("--markdown", action="store_true", help="print the markdown report")
-    ap.add_argument("--from-json", type=Path, nargs="+", help="render saved results instead")
+    ap.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        help="render saved results instead (merged: a later file's model wins; --json "
+        "writes the merge)",
+    )
     args = ap.parse_args(argv)
 
     if args.from_json:
-        results: list[dict[str, Any]] = []
+        merged: dict[tuple[str, str], dict[str, Any]] = {}
         meta: dict[str, Any] = {}
-        for p in args.from_json:
+        for p in args.from_json:  # a later file's record of a model replaces an earlier one
             d = json.loads(p.read_text())
-            results += d["models"]
+            merged.update({(r["source"], r["name"]): r for r in d["models"]})
             meta = meta or d["meta"]
+        results = list(merged.values())
+        if args.json is not None:
+            write_results(args.json, meta, results)
         print(markdown(results, meta))
         return 0
 
@@ -1296,7 +1312,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run_all(cases, opts, args.json, meta)
     meta["wall_s"] = round(time.monotonic() - t0, 1)
     if args.json is not None:
-        args.json.write_text(json.dumps({"meta": meta, "models": results}, indent=1))
+        write_results(args.json, meta, results)
     counts = Counter(r["result"] for r in results)
     print("totals:", ", ".join(f"{k} {counts[k]}" for k in CLASSES), f"({meta['wall_s']} s)")
     if args.markdown:

@@ -49,15 +49,9 @@ def _bench():
     return sys.modules[name]
 
 
-# The zoo run's diagnoses (docs/model_frontend.md, "Zoo coverage").
-STRIDES = (
-    "error",
-    "torch.export dropped a .contiguous() that was a no-op at trace time; the wire sends "
-    "a non-contiguous boundary tensor contiguous, SDPA's output then has other strides "
-    "and the tail's aten.view fails",
-)
-
-#: (source, name, expected failure or None)
+#: (source, name, known): ``known`` is (result class, diagnosis) of a failure the zoo
+#: run found and that is not fixed yet, else None (none at present: T5 failed after
+#: the wire until a1263e8).
 SUBSET = [
     ("timm", "test_efficientnet", None),
     ("timm", "test_convnext", None),
@@ -66,7 +60,7 @@ SUBSET = [
     ("timm", "test_mambaout", None),
     ("hf", "bert", None),
     ("hf", "llama-lm", None),
-    ("hf", "t5", STRIDES),
+    ("hf", "t5", None),
     ("hf", "whisper", None),
 ]
 
