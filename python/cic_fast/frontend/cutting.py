@@ -265,6 +265,10 @@ class BoundaryCodec:
             for k, (dtype, shape) in enumerate(_wire_leaves(tpl)):
                 leaves.append(WireLeaf(f"{name}.{k}", dtype, shape))
         self.leaves: tuple[WireLeaf, ...] = tuple(leaves)
+        # Two boundary tensors that share memory (a view and its base) arrive as two
+        # separate tensors: a write through one on the receiver would miss the other.
+        # That matters only in a program that writes in place (see `flatten`).
+        self._writes = bool(graph.program.mutates)
 
     def flatten(self, values: Mapping[str, Any]) -> list[tuple[str, Any]]:
         """The head's dict as ``(wire name, tensor)`` pairs, in `leaves` order.
@@ -272,8 +276,9 @@ class BoundaryCodec:
         Raises
         ------
         TypeError
-            A value whose structure or leaf types differ from the trace's (the
-            caller runs the tail locally instead).
+            A value whose structure or leaf types differ from the trace's, or, in
+            a program that writes in place, two tensors that share memory (the
+            caller runs the tail locally instead: the wire cannot keep them one).
         """
         out: list[tuple[str, Any]] = []
         for name, tpl in self._nodes:
@@ -283,6 +288,8 @@ class BoundaryCodec:
             flat: list[Any] = []
             _encode(tpl, values[name], flat, name)
             out.extend((f"{name}.{k}", t) for k, t in enumerate(flat))
+        if self._writes:
+            _refuse_shared_memory(out)
         return out
 
     def restore(self, tensors: Mapping[str, Any]) -> dict[str, Any]:
@@ -309,6 +316,23 @@ def _wire_leaves(tpl: Any) -> list[tuple[str, tuple[int, ...]]]:
     if kind in ("seq", "dict"):
         return [leaf for child in tpl[2] for leaf in _wire_leaves(child)]
     return []  # a constant: not sent
+
+
+def _refuse_shared_memory(tensors: list[tuple[str, Any]]) -> None:
+    import torch
+
+    owner: dict[int, str] = {}
+    for name, t in tensors:
+        if t.numel() == 0 or t.layout != torch.strided:
+            continue
+        key = t.untyped_storage().data_ptr()
+        if key in owner:
+            raise TypeError(
+                f"boundary values {owner[key]!r} and {name!r} share memory (a view and its "
+                "base) in a model that writes in place: sent apart, a write to one on the "
+                "other side would miss the other"
+            )
+        owner[key] = name
 
 
 def _check_tensor(value: Any, where: str) -> Any:
