@@ -104,8 +104,10 @@ deb [arch=arm64] http://deb.debian.org/debian bookworm main
 deb [arch=arm64] http://deb.debian.org/debian bookworm-updates main
 deb [arch=arm64] http://deb.debian.org/debian-security bookworm-security main
 EOF
+  sandbox=()  # the private directories are root's: apt's _apt user cannot write them
+  [ "$(id -u)" != 0 ] || sandbox=(-o APT::Sandbox::User=root)
   apt_arm64() {
-    apt-get -q -o APT::Architecture=arm64 -o APT::Architectures::=arm64 \
+    apt-get -q "${sandbox[@]}" -o APT::Architecture=arm64 -o APT::Architectures::=arm64 \
       -o Dir::Etc::SourceList="$APT/sources.list" -o Dir::Etc::SourceParts=/dev/null \
       -o Dir::State::Lists="$APT/lists" -o Dir::State::status="$APT/status" \
       -o Dir::Cache="$APT/cache" -o Debug::NoLocking=1 "$@"
