@@ -131,7 +131,7 @@ def build_parts(
 
     head_cls, tail_cls = _part_classes()
     head_part = tail_part = None
-    codec = BoundaryCodec(graph, boundary)
+    codec = BoundaryCodec(graph, boundary, on_device=on)
     if head:
         # placeholders + device nodes
         dev_nodes = {prog.fx_nodes[i] for i in range(graph.n_nodes - 1) if on[i]}
@@ -250,9 +250,14 @@ class BoundaryCodec:
         A traced graph (with ``program``).
     indices : numpy.ndarray
         The boundary nodes (`build_parts`' third result).
+    on_device : numpy.ndarray, optional
+        The partition: whether the receiving side writes in place (see `flatten`).
+        Without it, any in-place write in the program counts.
     """
 
-    def __init__(self, graph: LayerGraph, indices: np.ndarray) -> None:
+    def __init__(
+        self, graph: LayerGraph, indices: np.ndarray, *, on_device: np.ndarray | None = None
+    ) -> None:
         if graph.program is None:
             raise ValueError("graph has no program (loaded from JSON?): trace the model")
         templates = graph.program.templates
@@ -265,10 +270,18 @@ class BoundaryCodec:
             for k, (dtype, shape) in enumerate(_wire_leaves(tpl)):
                 leaves.append(WireLeaf(f"{name}.{k}", dtype, shape))
         self.leaves: tuple[WireLeaf, ...] = tuple(leaves)
-        # Two boundary tensors that share memory (a view and its base) arrive as two
-        # separate tensors: a write through one on the receiver would miss the other.
-        # That matters only in a program that writes in place (see `flatten`).
-        self._writes = bool(graph.program.mutates)
+        # Two boundary tensors whose memory overlaps (a view and its base) arrive as
+        # two separate tensors: a write through one on the receiver would miss the
+        # other. That matters only where the receiving side writes in place.
+        # `mutates`: writer layer -> every node that shared the written memory then
+        writers = graph.program.mutates
+        self._written = {
+            v.name
+            for i, victims in writers.items()
+            if on_device is None or not on_device[i]
+            for v in victims
+        }
+        self._writes = bool(self._written)
 
     def flatten(self, values: Mapping[str, Any]) -> list[tuple[str, Any]]:
         """The head's dict as ``(wire name, tensor)`` pairs, in `leaves` order.
@@ -289,7 +302,7 @@ class BoundaryCodec:
             _encode(tpl, values[name], flat, name)
             out.extend((f"{name}.{k}", t) for k, t in enumerate(flat))
         if self._writes:
-            _refuse_shared_memory(out)
+            _refuse_shared_memory(out, self._written)
         return out
 
     def restore(self, tensors: Mapping[str, Any]) -> dict[str, Any]:
@@ -318,21 +331,32 @@ def _wire_leaves(tpl: Any) -> list[tuple[str, tuple[int, ...]]]:
     return []  # a constant: not sent
 
 
-def _refuse_shared_memory(tensors: list[tuple[str, Any]]) -> None:
+def _refuse_shared_memory(tensors: list[tuple[str, Any]], written: set[str]) -> None:
+    """TypeError if a tensor the receiver writes in place overlaps another one.
+
+    ``written`` holds the nodes whose memory a receiving-side layer writes (leaf
+    names ``"<node>.<k>"`` count as their node). Disjoint chunks of one storage
+    (``split``) are independent and pass.
+    """
     import torch
 
-    owner: dict[int, str] = {}
+    spans = []
     for name, t in tensors:
         if t.numel() == 0 or t.layout != torch.strided:
             continue
-        key = t.untyped_storage().data_ptr()
-        if key in owner:
-            raise TypeError(
-                f"boundary values {owner[key]!r} and {name!r} share memory (a view and its "
-                "base) in a model that writes in place: sent apart, a write to one on the "
-                "other side would miss the other"
-            )
-        owner[key] = name
+        start = t.data_ptr()
+        last = sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride(), strict=True))
+        spans.append((start, start + (last + 1) * t.element_size(), name))
+    for s0, e0, a in spans:
+        if a.split(".")[0] not in written:
+            continue
+        for s1, e1, b in spans:
+            if b != a and s0 < e1 and s1 < e0:
+                raise TypeError(
+                    f"boundary values {a!r} and {b!r} share memory (a view and its base) "
+                    f"and the receiving side writes into {a!r}: sent apart, the write "
+                    "would miss the other"
+                )
 
 
 def _check_tensor(value: Any, where: str) -> Any:
