@@ -281,7 +281,6 @@ class BoundaryCodec:
             if on_device is None or not on_device[i]
             for v in victims
         }
-        self._writes = bool(self._written)
 
     def flatten(self, values: Mapping[str, Any]) -> list[tuple[str, Any]]:
         """The head's dict as ``(wire name, tensor)`` pairs, in `leaves` order.
@@ -301,7 +300,7 @@ class BoundaryCodec:
             flat: list[Any] = []
             _encode(tpl, values[name], flat, name)
             out.extend((f"{name}.{k}", t) for k, t in enumerate(flat))
-        if self._writes:
+        if self._written:
             _refuse_shared_memory(out, self._written)
         return out
 
