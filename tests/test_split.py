@@ -29,7 +29,14 @@ from cic_fast.core.cost import sent_set  # noqa: E402
 from cic_fast.frontend.profiling import Profile, profile  # noqa: E402
 from cic_fast.frontend.splitting import Split, split  # noqa: E402
 from cic_fast.frontend.tracing import LayerGraph, trace  # noqa: E402
-from zoo import FULL, TORCHVISION, NeedsExport, TwoInTwoOut, tv_model  # noqa: E402
+from zoo import (  # noqa: E402
+    FULL,
+    TORCHVISION,
+    NeedsExport,
+    TwoInTwoOut,
+    ViewMutation,
+    tv_model,
+)
 
 BANDWIDTHS_MBIT = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4)
 
@@ -156,17 +163,6 @@ class InPlace(nn.Module):
         s = y.sum(dim=1, keepdim=True)
         y.add_(1.0)
         return torch.relu_(y * 2) + s
-
-
-class ViewMutation(nn.Module):
-    """A value mutated through a view, read before and after the mutation."""
-
-    def forward(self, x):
-        a = x * 2
-        before = a.mean()
-        flat = a.view(-1)
-        flat.mul_(3.0)  # changes `a` too
-        return a + before, flat.sum()
 
 
 class ChunkCat(nn.Module):

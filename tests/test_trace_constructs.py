@@ -21,6 +21,7 @@ from cic_fast.frontend.splitting import split  # noqa: E402
 from cic_fast.frontend.tracing import LayerGraph, TraceError, trace  # noqa: E402
 from cic_fast.runtime import messages as M  # noqa: E402
 from cic_fast.runtime import wire as W  # noqa: E402
+from zoo import ViewMutation  # noqa: E402
 
 
 def closed_masks(g: LayerGraph, limit: int = 2000):
@@ -428,22 +429,12 @@ def sent_of(g: LayerGraph, on: np.ndarray) -> list[int]:
     return sent_set(g.edges, on).tolist()
 
 
-class ViewWrite(nn.Module):
-    """A tensor and a view of it both cross some cuts, and the view is written."""
-
-    def forward(self, x):
-        a = x * 2
-        before = a.mean()
-        flat = a.view(-1)
-        flat.mul_(3.0)  # changes `a` too
-        return a + before, flat.sum()
-
-
 def test_a_view_and_its_base_are_never_sent_apart_in_a_model_that_writes():
     """The wire would make two tensors of one: such a request is answered locally."""
     from cic_fast.runtime import Client, Server
 
-    model, x = ViewWrite().eval(), torch.randn(2, 3)
+    # a tensor and a view of it both cross some cuts, and the view is written
+    model, x = ViewMutation().eval(), torch.randn(2, 3)
     g = trace(model, x)
     prof = Profile.from_times(g, np.full(g.n_nodes, 1e-3))
     with torch.no_grad():

@@ -72,6 +72,16 @@ if torch is not None:
             h = self.a(x)
             return {"sum": h + self.b(y), "parts": (h, torch.tanh(y))}
 
+    class ViewMutation(nn.Module):
+        """A value mutated through a view, read before and after the mutation."""
+
+        def forward(self, x: Any) -> Any:
+            a = x * 2
+            before = a.mean()
+            flat = a.view(-1)
+            flat.mul_(3.0)  # changes `a` too
+            return a + before, flat.sum()
+
     class NeedsExport(nn.Module):
         """Shape-dependent Python control flow: fx cannot trace it, torch.export can."""
 
