@@ -18,6 +18,7 @@ import argparse
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from cic_fast.cli.common import add_model_args, example_inputs, load_model_args, trace_model
@@ -125,8 +126,12 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _stop_event() -> threading.Event:
-    """An event set by SIGTERM or SIGINT."""
+def _serve_until_stopped(banner: str, url: str, close: Callable[[], None]) -> int:
+    """Print the banner and ``listening on URL``, wait for SIGTERM or SIGINT, close.
+
+    The handlers are installed here, after the backend started (``ray.init``
+    installs a SIGTERM handler of its own).
+    """
     stop = threading.Event()
 
     def _stop(signum: int, frame: Any) -> None:
@@ -134,7 +139,14 @@ def _stop_event() -> threading.Event:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    return stop
+    print(banner, file=sys.stderr)
+    print(f"listening on {url}", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        close()
+    return 0
 
 
 def _run_ray(args: argparse.Namespace, max_bytes: int) -> int:
@@ -166,19 +178,12 @@ def _run_ray(args: argparse.Namespace, max_bytes: int) -> int:
         ray_address=args.ray_address,
         num_cpus=args.ray_cpus,
     )
-    stop = _stop_event()  # after ray.init, which installs a SIGTERM handler of its own
-    print(
+    return _serve_until_stopped(
         f"{args.model}: {options.replicas} replicas, batches of <= {options.max_batch} "
         f"(wait <= {options.batch_wait_ms} ms)",
-        file=sys.stderr,
+        url,
+        lambda: ray_serve.shutdown(stop_ray=args.ray_address is None),
     )
-    print(f"listening on {url}", flush=True)
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        ray_serve.shutdown(stop_ray=args.ray_address is None)
-    return 0
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -238,16 +243,9 @@ def _serve_http(args: argparse.Namespace, server: Any) -> int:
     httpd = HttpServer(
         server, args.host, args.port, path=args.path or "/infer", max_connections=args.max_clients
     ).start()
-    stop = _stop_event()
-    print(
+    return _serve_until_stopped(
         f"{args.model}: fingerprint {server.fingerprint[:16]}, {server.workers} workers x "
         f"{server.threads} torch threads",
-        file=sys.stderr,
+        httpd.url,
+        httpd.close,
     )
-    print(f"listening on {httpd.url}", flush=True)
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        httpd.close()
-    return 0
