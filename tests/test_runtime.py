@@ -197,10 +197,12 @@ def test_one_client_shared_by_threads(tiny):
                 assert_same(want[k], cli.infer(xs[k]))
 
         run_threads(work, 4)
-        # One connection carries the requests; a loaded machine (CI) has seen the client
-        # reconnect once (2 in 4 of 5 runs beside another job, about 1 in 3 alone: to be
-        # investigated, see the closing note of 2026-12-03). Every answer is checked above.
-        assert srv.stats["connections"] <= 2 and srv.stats["requests"] >= 20
+        # One connection carries the requests. A foreground probe (when `decide` finds
+        # no fresh estimate, which a slow machine reaches mid-test) uses a connection
+        # of its own, by design: that is the only other one allowed.
+        probed = cli.probe_stats["probes"] > 0
+        assert srv.stats["connections"] == 1 + probed, (srv.stats, cli.probe_stats)
+        assert srv.stats["requests"] >= 20
 
 
 @pytest.mark.slow
