@@ -3,9 +3,13 @@
 # against Ray Serve (1 and 2 replicas, batching off and on), at 1/4/16/64 devices.
 #
 #   bash benches/scaleout.sh [OUT_DIR] [DURATION_S]
+#   INPUT_DTYPE=float32 DEVICES="16" bash benches/scaleout.sh /tmp/fp32 15
 #
 # Needs the `ray` extra (pip install ".[ray]"). Every server is started, waited for
 # (bounded) and stopped here; each load runs DURATION_S seconds (default 15).
+# INPUT_DTYPE: uint8 (default: a camera frame, 150 KB per server-only request, the
+# model's preprocessing in the traced graph) or float32 (602 KB); DEVICES: the
+# device counts (default "1 4 16 64").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-/tmp/cic-scaleout}
@@ -14,8 +18,9 @@ mkdir -p "$OUT"
 # seeded weights: servers and devices must hold the same model (the fingerprint)
 python -c "import torch, torchvision; torch.manual_seed(0); \
 torch.save(torchvision.models.resnet18().state_dict(), '$OUT/resnet18.pt')"
-MODEL=(torchvision:resnet18 --weights "$OUT/resnet18.pt" --input-shape 1,3,224,224)
-DEVICES=(1 4 16 64)
+MODEL=(torchvision:resnet18 --weights "$OUT/resnet18.pt" --input-shape 1,3,224,224
+       --input-dtype "${INPUT_DTYPE:-uint8}")
+read -r -a DEVICES <<<"${DEVICES:-1 4 16 64}"
 export OMP_NUM_THREADS=1 RAY_USAGE_STATS_ENABLED=0
 
 start() {  # start a server (args: name, flags...); sets ADDR and PID
@@ -47,7 +52,8 @@ load() {  # run the load at each device count (args: name)
   done
 }
 
-: >"$OUT/summary.txt"
+rm -f "$OUT"/*.json
+{ echo "input dtype ${INPUT_DTYPE:-uint8}; load before the run: $(cut -d' ' -f1-3 /proc/loadavg)"; } >"$OUT/summary.txt"
 start tcp --port 0 && load tcp; stop
 for replicas in 1 2; do
   for batch in 1 8; do

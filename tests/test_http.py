@@ -438,3 +438,150 @@ def test_loadtest_cli_against_tcp_and_http(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["loadtest", *model])  # --address is required
     assert main(["loadtest", *model, "--address", "nohost", "--quiet"]) == 2
+
+
+class _BusyServer:
+    """A TCP server of the session protocol that accepts the handshake, then answers
+    every request BUSY; with ``http``, an HTTP server answering every POST with a
+    proxy's own 503 page (text, not a frame), as Ray Serve's proxy does when its
+    queue is full. It counts the requests."""
+
+    def __init__(self, http: bool = False) -> None:
+        self.http = http
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = self.sock.getsockname()
+        self.requests = 0
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.acceptor = threading.Thread(target=self._accept, daemon=True)
+        self.acceptor.start()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+
+    def _http_session(self, conn: socket.socket) -> None:
+        conn.settimeout(0.2)
+        data = b""
+        with conn:
+            while not self.stop.is_set():
+                try:
+                    chunk = conn.recv(1 << 16)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                data += chunk
+                while b"\r\n\r\n" in data:
+                    head, _, rest = data.partition(b"\r\n\r\n")
+                    n = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                    if len(rest) < n:
+                        break
+                    data = rest[n:]
+                    with self.lock:
+                        self.requests += 1
+                    conn.sendall(
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                        b"Content-Length: 4\r\n\r\nfull"
+                    )
+
+    def _session(self, conn: socket.socket) -> None:
+        if self.http:
+            return self._http_session(conn)
+        limits = W.Limits()
+        conn.settimeout(0.2)
+        with conn:
+            while not self.stop.is_set():
+                try:
+                    kind, _ = W.recv_frame(conn, limits)
+                except TimeoutError:
+                    continue
+                except (OSError, EOFError, W.ProtocolError):
+                    return
+                if kind == W.MsgType.HELLO:
+                    reply = M.encode_hello("any")
+                    conn.sendall(W.frame_header(W.MsgType.HELLO_OK, len(reply)) + reply)
+                    continue
+                with self.lock:
+                    self.requests += 1
+                err = M.encode_error(W.ErrorCode.BUSY, "full")
+                conn.sendall(W.frame_header(W.MsgType.ERROR, len(err)) + err)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.acceptor.join(timeout=5)
+        self.sock.close()
+
+
+def test_backoff_doubles_with_jitter_and_a_cap():
+    import random
+
+    from cic_fast.runtime.client import backoff_s
+
+    rng = random.Random(0)
+    assert backoff_s(0, 1.0, 60.0, rng) == 0.0
+    for failures, base in ((1, 1.0), (2, 2.0), (3, 4.0), (7, 60.0), (500, 60.0)):
+        waits = [backoff_s(failures, 1.0, 60.0, rng) for _ in range(200)]
+        assert 0.5 * base <= min(waits) and max(waits) < 1.5 * base
+        assert max(waits) - min(waits) > 0.5 * base  # jittered, not in step
+
+
+def test_loadtest_devices_back_off_after_busy_as_a_client_does():
+    """A BUSY server is not hit by a loop of refusals: each device waits as the
+    Client would (0.5 x, 1 x, 2 x ... retry_s), so 4 devices over 1.2 s with
+    retry_s 0.2 send at most 4 requests each (waits >= 0.1, 0.2, 0.4, 0.8 s);
+    with retry_s 0 they resend at once."""
+    from cic_fast.cli.loadtest import run_load
+
+    torch.manual_seed(1)
+    setup = Setup(torchvision.models.squeezenet1_1(), torch.randn(1, 3, 32, 32))
+    busy = _BusyServer()
+    try:
+        host, port = busy.address
+        r = run_load(
+            f"{host}:{port}", setup.graph, (setup.x,), devices=4, duration_s=1.2, retry_s=0.2
+        )
+        assert r["requests"] == 0 and r["errors"] == {"BUSY": busy.requests}
+        assert 4 <= busy.requests <= 16, busy.requests
+        before = busy.requests
+        r = run_load(
+            f"{host}:{port}", setup.graph, (setup.x,), devices=4, duration_s=0.5, retry_s=0.0
+        )
+        assert busy.requests - before > 50 and r["errors"]["BUSY"] == busy.requests - before
+    finally:
+        busy.close()
+    # a proxy's 503 page is BUSY too (the connection is kept)
+    page = _BusyServer(http=True)
+    try:
+        host, port = page.address
+        r = run_load(
+            f"http://{host}:{port}/cic",
+            setup.graph,
+            (setup.x,),
+            devices=2,
+            duration_s=0.8,
+            retry_s=0.2,
+        )
+        assert r["errors"] == {"BUSY": page.requests} and 2 <= page.requests <= 8
+    finally:
+        page.close()
+    with pytest.raises(ValueError, match="retry-s"):
+        run_load("127.0.0.1:1", setup.graph, (setup.x,), devices=1, duration_s=1, retry_s=-1)
+
+
+def test_ray_serve_options_bound_the_queue():
+    from cic_fast.runtime.ray_serve import ServeOptions
+
+    assert ServeOptions().queued == 16 and ServeOptions(replicas=3).queued == 48
+    assert ServeOptions(max_queued=-1).queued == -1  # Ray's own default: no bound
+    assert ServeOptions(max_batch=1).ongoing == 8 and ServeOptions(max_batch=8).ongoing == 16
+    for bad in ({"max_queued": 0}, {"max_queued": -2}, {"max_ongoing": 0}, {"replicas": 0}):
+        with pytest.raises(ValueError):
+            ServeOptions(**bad)

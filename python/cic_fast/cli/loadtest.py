@@ -4,7 +4,9 @@ The model is loaded and traced here once (as ``cic-fast serve`` does, so the
 fingerprints agree), the head of ``--partition`` is run once on the example input,
 and every simulated device then sends that same request (the boundary tensors) again
 and again, each waiting for its answer before it sends the next (a closed loop): the
-load is the server's alone, no device computes anything. One event loop drives all
+load is the server's alone, no device computes anything. A device answered BUSY
+backs off as a Client does (``--retry-s``): its requests meanwhile would run on the
+device, so the server is not hit by a loop of refusals. One event loop drives all
 devices. The first answer is checked against the model's output computed here.
 
 Bounded in time (``--duration-s``) and in requests (``--max-requests``); a progress
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import socket
 import sys
 import time
@@ -32,6 +35,8 @@ __all__ = ["add_loadtest_parser", "run_load"]
 
 # The longest HTTP head the load generator reads.
 _MAX_HEAD = 16384
+# The Client's default retry_max_s: the longest back-off.
+_RETRY_MAX_S = 60.0
 
 
 def add_loadtest_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -67,6 +72,15 @@ def add_loadtest_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout-s", type=float, default=10.0, help="deadline of one request (default 10)"
     )
+    p.add_argument(
+        "--retry-s",
+        type=float,
+        default=1.0,
+        help="after a BUSY answer or a failure a device leaves the server alone for this "
+        "long, doubling with each failure in a row, with jitter, as cic_fast.Client does "
+        "(its requests meanwhile run on the device; default 1, the Client's retry_s; "
+        "0: resend at once)",
+    )
     p.add_argument("--json", dest="json_path", metavar="FILE", help="also write the report here")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=_run_loadtest)
@@ -84,6 +98,7 @@ class _Load:
     end: float
     max_requests: int
     timeout_s: float
+    retry_s: float = 1.0
     latencies: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     first_answer: bytes | None = None
@@ -92,6 +107,7 @@ class _Load:
 
 async def _answer(reader: asyncio.StreamReader, load: _Load) -> tuple[int, bytes]:
     """One answer: (frame type, payload); over HTTP the frame is the body."""
+    from cic_fast.runtime import http as H
     from cic_fast.runtime import wire as W
 
     if load.http is not None:
@@ -104,9 +120,11 @@ async def _answer(reader: asyncio.StreamReader, load: _Load) -> tuple[int, bytes
             for k, _, v in (line.partition(":") for line in lines[1:] if line)
         }
         n = int(headers.get("content-length", "-1"))
-        if n < W.HEADER.size or headers.get("content-type", "") != "application/octet-stream":
+        if n < W.HEADER.size or headers.get("content-type", "") != H.CONTENT_TYPE:
             body = await reader.readexactly(max(n, 0)) if 0 <= n <= 4096 else b""
             status = lines[0].split(" ")[1] if " " in lines[0] else "?"
+            if status.isdigit() and int(status) >= 500 and 0 <= n <= 4096:  # a proxy page
+                raise W.RemoteError(H.page_error_code(int(status)), body[:60].decode("latin-1"))
             raise ValueError(f"HTTP {status} {body[:60]!r}")
         body = await reader.readexactly(n)
         kind, length = W.parse_header(body[: W.HEADER.size], W.Limits())
@@ -142,10 +160,21 @@ async def _device(load: _Load) -> None:
     """One simulated device: request, answer, request, ... until the bounds."""
     from cic_fast.runtime import messages as M
     from cic_fast.runtime import wire as W
+    from cic_fast.runtime.client import backoff_s
 
     writer: asyncio.StreamWriter | None = None
     reader: asyncio.StreamReader | None = None
+    rng = random.Random()
+    failures = 0
     while not load.done and time.monotonic() < load.end:
+        if failures:
+            # the Client's back-off: without it a BUSY server is hit again at once,
+            # and on a small machine the refusals alone take the cores
+            wait = backoff_s(failures, load.retry_s, _RETRY_MAX_S, rng)
+            await asyncio.sleep(max(0.0, min(wait, load.end - time.monotonic())))
+            if time.monotonic() >= load.end:
+                break
+        failed = True
         try:
             if writer is None:
                 reader, writer = await _connect(load)
@@ -155,6 +184,7 @@ async def _device(load: _Load) -> None:
             kind, payload = await asyncio.wait_for(_answer(reader, load), load.timeout_s)
             took = time.perf_counter() - t
             if kind == W.MsgType.RESULT:
+                failed = False
                 if load.first_answer is None:
                     load.first_answer = payload
                 if time.monotonic() <= load.end and not load.done:
@@ -166,12 +196,18 @@ async def _device(load: _Load) -> None:
                 load.errors[W.ErrorCode(code).name if code in set(W.ErrorCode) else str(code)] += 1
             else:
                 load.errors[f"frame {kind}"] += 1
+        except W.RemoteError as e:  # a proxy's error page, read whole: the connection stays
+            load.errors[
+                W.ErrorCode(e.code).name if e.code in set(W.ErrorCode) else str(e.code)
+            ] += 1
         except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError, ValueError) as e:
             load.errors[type(e).__name__ if not isinstance(e, ValueError) else str(e)[:40]] += 1
             if writer is not None:
                 writer.close()
             writer = reader = None
-            await asyncio.sleep(0.05)  # then reconnect (bounded by the end)
+            if not load.retry_s > 0:
+                await asyncio.sleep(0.05)  # then reconnect (bounded by the end)
+        failures = failures + 1 if failed and load.retry_s > 0 else 0
     if writer is not None:
         writer.close()
 
@@ -215,9 +251,15 @@ def run_load(
     partition: str = "server",
     max_requests: int = 1_000_000,
     timeout_s: float = 10.0,
+    retry_s: float = 1.0,
     quiet: bool = True,
 ) -> dict[str, Any]:
     """Load the server at ``address`` with ``devices`` closed-loop devices; the report.
+
+    A device answered BUSY (or failing) backs off as a `Client` does
+    (`backoff_s` with ``retry_s``; 0: it resends at once); a real device would
+    compute those requests itself, so they are counted in ``errors``, not in
+    ``requests``.
 
     Returns
     -------
@@ -237,6 +279,8 @@ def run_load(
 
     if devices < 1 or not duration_s > 0 or max_requests < 1 or not timeout_s > 0:
         raise ValueError("--devices, --duration-s, --max-requests and --timeout-s must be > 0")
+    if not retry_s >= 0:
+        raise ValueError(f"--retry-s must be >= 0, got {retry_s}")
     on = _partition(graph, partition)
     head, _, _ = build_parts(graph, on)
     prog = graph.program
@@ -257,7 +301,7 @@ def run_load(
             raise ValueError(f"--address {address!r}: expected HOST:PORT or http://HOST:PORT/PATH")
         endpoint, target = (host.strip("[]"), int(port)), None
         request = frame
-    load = _Load(endpoint, target, hello, request, 0.0, max_requests, timeout_s)
+    load = _Load(endpoint, target, hello, request, 0.0, max_requests, timeout_s, retry_s)
     elapsed = asyncio.run(_run(load, devices, duration_s, quiet))
     checked = False
     if load.first_answer is not None:
@@ -323,6 +367,7 @@ def _run_loadtest(args: argparse.Namespace) -> int:
         partition=args.partition,
         max_requests=args.max_requests,
         timeout_s=args.timeout_s,
+        retry_s=args.retry_s,
         quiet=args.quiet,
     )
     r = report

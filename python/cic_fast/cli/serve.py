@@ -68,7 +68,8 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--queue-size",
         type=int,
-        help="requests that may wait for a worker before BUSY answers (default 16 x workers)",
+        help="requests that may wait for a worker before BUSY answers (default 16 x workers; "
+        "ray: Ray's max_queued_requests, default 16 x replicas, -1 for no bound)",
     )
     p.add_argument(
         "--max-wait-s",
@@ -109,6 +110,12 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=float,
         default=5.0,
         help="longest wait for a batch to fill (default 5)",
+    )
+    ray.add_argument(
+        "--max-ongoing",
+        type=int,
+        help="requests a replica holds at once, the rest wait at Ray's proxy "
+        "(Ray's max_ongoing_requests; default max(2 x max-batch, 8))",
     )
     ray.add_argument(
         "--ray-address",
@@ -168,6 +175,8 @@ def _run_ray(args: argparse.Namespace, max_bytes: int) -> int:
         threads=args.threads or 1,
         cache_size=args.cache_size,
         max_frame_bytes=max_bytes,
+        max_queued=args.queue_size,
+        max_ongoing=args.max_ongoing,
     )
     url = ray_serve.deploy(
         source,

@@ -69,7 +69,7 @@ try:  # the bytes a socket holds that its peer has not acknowledged (Linux: SIOC
 except (ImportError, AttributeError):  # pragma: no cover - not Linux
     _TIOCOUTQ = None
 
-__all__ = ["PATHS", "BandwidthEstimator", "Client", "DeviceRunner", "RequestRecord"]
+__all__ = ["PATHS", "BandwidthEstimator", "Client", "DeviceRunner", "RequestRecord", "backoff_s"]
 
 #: The values of `RequestRecord.path`.
 PATHS = ("offload", "local", "fallback-local", "hedged-local", "hedged-offload")
@@ -78,6 +78,20 @@ PATHS = ("offload", "local", "fallback-local", "hedged-local", "hedged-offload")
 DeviceRunner = Callable[[Callable[[], Any]], Any]
 
 _NETWORK_ERRORS = (OSError, EOFError, W.ProtocolError, W.RemoteError)
+
+
+def backoff_s(failures: int, retry_s: float, retry_max_s: float, rng: random.Random) -> float:
+    """How long a device leaves the server alone after ``failures`` failures in a row.
+
+    ``retry_s * 2**(failures - 1)``, capped at ``retry_max_s``, times a random
+    factor in [0.5, 1.5) so that devices that lost the same server (or were all
+    answered BUSY by it) do not come back in step. Used by the Client and by
+    ``cic-fast loadtest``'s simulated devices.
+    """
+    if failures < 1:
+        return 0.0
+    base = min(retry_max_s, retry_s * 2.0 ** min(failures - 1, 30))
+    return base * rng.uniform(0.5, 1.5)
 
 
 @dataclass
@@ -1212,8 +1226,8 @@ class Client:
         if not keep:
             self._drop_conn()
         self._failures += 1
-        base = min(self.retry_max_s, self.retry_s * 2.0 ** min(self._failures - 1, 30))
-        self._down_until = time.monotonic() + base * self._rng.uniform(0.5, 1.5)
+        wait = backoff_s(self._failures, self.retry_s, self.retry_max_s, self._rng)
+        self._down_until = time.monotonic() + wait
         return _describe(exc)
 
     @property

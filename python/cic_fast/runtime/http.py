@@ -58,6 +58,7 @@ __all__ = [
     "Request",
     "frame_limit",
     "free_port",
+    "page_error_code",
     "parse_address",
     "read_response",
 ]
@@ -704,6 +705,15 @@ def parse_address(address: Any) -> tuple[tuple[str, int], HttpTarget | None]:
     )
 
 
+def page_error_code(status: int) -> W.ErrorCode:
+    """The error code a device reads from an answer that is not a frame (a proxy's
+    own error page): BUSY for a 503 (Ray Serve's full queue, an overloaded
+    proxy), INTERNAL for another 5xx, BAD_FRAME else."""
+    if status == 503:
+        return W.ErrorCode.BUSY
+    return W.ErrorCode.INTERNAL if status >= 500 else W.ErrorCode.BAD_FRAME
+
+
 def read_response(
     reader: W.SocketReader,
     limits: W.Limits,
@@ -753,14 +763,9 @@ def read_response(
         if length > _MAX_TEXT_BYTES:
             raise W.ProtocolError(W.ErrorCode.TOO_LARGE, f"HTTP {status} page of {length} bytes")
         text = bytes(reader.read_exact(length, "HTTP body")) if length else b""
-        code = (
-            W.ErrorCode.BUSY
-            if status == 503
-            else W.ErrorCode.INTERNAL
-            if status >= 500
-            else W.ErrorCode.BAD_FRAME
+        raise W.RemoteError(
+            page_error_code(status), f"HTTP {status}: {text[:200].decode('utf-8', 'replace')}"
         )
-        raise W.RemoteError(code, f"HTTP {status}: {text[:200].decode('utf-8', 'replace')}")
     try:
         kind, payload = reader.frame(deadline=deadline, tick=tick)
     except EOFError:

@@ -125,6 +125,12 @@ class ServeOptions:
     max_ongoing : int or None
         Requests a replica takes at once (Ray's ``max_ongoing_requests``); the
         rest wait in Ray's queue. Default: ``max(2 * max_batch, 8)``.
+    max_queued : int or None
+        Requests that may wait in Ray's queue (Ray's ``max_queued_requests``)
+        before the proxy answers 503, which a device's Client takes as BUSY and
+        answers locally at once, as with the TCP server's admission queue.
+        Default ``16 * replicas``; -1: no bound (Ray's own default), so a
+        request may wait for as long as the device's timeout.
     """
 
     replicas: int = 1
@@ -135,17 +141,27 @@ class ServeOptions:
     cache_size: int = 16
     max_frame_bytes: int = 64 << 20
     max_ongoing: int | None = None
+    max_queued: int | None = None
 
     def __post_init__(self) -> None:
         if self.replicas < 1 or self.max_batch < 1 or self.threads < 1:
             raise ValueError("replicas, max_batch and threads must be >= 1")
         if not self.batch_wait_ms >= 0 or not self.replica_cpus > 0:
             raise ValueError("batch_wait_ms must be >= 0 and replica_cpus > 0")
+        if self.max_queued is not None and self.max_queued < 1 and self.max_queued != -1:
+            raise ValueError(f"max_queued must be >= 1 or -1 (no bound), got {self.max_queued}")
+        if self.max_ongoing is not None and self.max_ongoing < 1:
+            raise ValueError(f"max_ongoing must be >= 1, got {self.max_ongoing}")
 
     @property
     def ongoing(self) -> int:
         """Ray's ``max_ongoing_requests`` for a replica."""
         return self.max_ongoing or max(2 * self.max_batch, 8)
+
+    @property
+    def queued(self) -> int:
+        """Ray's ``max_queued_requests`` for the deployment (-1: no bound)."""
+        return self.max_queued if self.max_queued is not None else 16 * self.replicas
 
 
 def require_ray() -> None:
@@ -296,6 +312,7 @@ def deploy(
         name="CicTail",
         num_replicas=options.replicas,
         max_ongoing_requests=options.ongoing,
+        max_queued_requests=options.queued,
         ray_actor_options={"num_cpus": options.replica_cpus},
     )(TailReplica)
     serve.run(deployment.bind(source, options), name=APP_NAME, route_prefix=route_prefix)
