@@ -105,6 +105,16 @@ class _Load:
     done: bool = False
 
 
+class _ProxyPage(Exception):
+    """A proxy's own error page (not a frame): its error code, and whether the
+    connection can carry the next request (the page was read whole)."""
+
+    def __init__(self, code: int, *, keep: bool) -> None:
+        super().__init__(code)
+        self.code = code
+        self.keep = keep
+
+
 async def _answer(reader: asyncio.StreamReader, load: _Load) -> tuple[int, bytes]:
     """One answer: (frame type, payload); over HTTP the frame is the body."""
     from cic_fast.runtime import http as H
@@ -123,8 +133,8 @@ async def _answer(reader: asyncio.StreamReader, load: _Load) -> tuple[int, bytes
         if n < W.HEADER.size or headers.get("content-type", "") != H.CONTENT_TYPE:
             body = await reader.readexactly(max(n, 0)) if 0 <= n <= 4096 else b""
             status = lines[0].split(" ")[1] if " " in lines[0] else "?"
-            if status.isdigit() and int(status) >= 500 and 0 <= n <= 4096:  # a proxy page
-                raise W.RemoteError(H.page_error_code(int(status)), body[:60].decode("latin-1"))
+            if status.isdigit() and int(status) >= 500:  # a proxy's page (503: BUSY)
+                raise _ProxyPage(H.page_error_code(int(status)), keep=0 <= n <= 4096)
             raise ValueError(f"HTTP {status} {body[:60]!r}")
         body = await reader.readexactly(n)
         kind, length = W.parse_header(body[: W.HEADER.size], W.Limits())
@@ -196,10 +206,11 @@ async def _device(load: _Load) -> None:
                 load.errors[W.ErrorCode(code).name if code in set(W.ErrorCode) else str(code)] += 1
             else:
                 load.errors[f"frame {kind}"] += 1
-        except W.RemoteError as e:  # a proxy's error page, read whole: the connection stays
-            load.errors[
-                W.ErrorCode(e.code).name if e.code in set(W.ErrorCode) else str(e.code)
-            ] += 1
+        except _ProxyPage as e:
+            load.errors[W.ErrorCode(e.code).name] += 1
+            if not e.keep and writer is not None:
+                writer.close()
+                writer = reader = None
         except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError, ValueError) as e:
             load.errors[type(e).__name__ if not isinstance(e, ValueError) else str(e)[:40]] += 1
             if writer is not None:
