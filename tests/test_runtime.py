@@ -206,6 +206,48 @@ def test_one_client_shared_by_threads(tiny):
 
 
 @pytest.mark.slow
+def test_cheap_path_serves_concurrent_clients_right_and_heavy_tails_stay_parallel():
+    # Cheap tails (built, mean run time under 1 ms, request wholly received) run one
+    # request at a time under the server's token; every answer must still be the
+    # model's for distinct inputs from many threads, with cheap and heavy requests
+    # mixed. A heavy tail (several ms) never takes that path.
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)
+    )
+    x = torch.randn(16, 512)  # 32 KiB at the cut: received whole in one read
+    s = Setup(model, x)
+    n = s.graph.n_nodes
+    cheap = s.prefix(n - 2)  # only the last Linear on the server
+    heavy = s.all_server()
+    xs = [torch.randn(16, 512) for _ in range(6)]
+    with torch.inference_mode():
+        want = [model(v) for v in xs]
+    with s.server() as srv:
+        with s.client(srv.address) as cli:  # warm both tails: their run times are known
+            for on in (cheap, heavy, cheap):
+                assert_same(want[0], cli.infer_partition(on, xs[0]))
+
+        def work(t: int) -> None:
+            with s.client(srv.address) as c:
+                for i in range(20):
+                    k = (t + i) % len(xs)
+                    on = heavy if (t + i) % 5 == 0 else cheap
+                    assert_same(want[k], c.infer_partition(on, xs[k]))
+                    assert c.last is not None and not c.last.fallback, c.last.error
+
+        run_threads(work, 6, timeout_s=60)
+        assert srv.stats["errors"] == 0 and srv.stats["busy"] == 0
+        assert srv.stats["serial"] > 0, srv.stats
+    heavy_only = nn.Sequential(nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, 10))
+    hs = Setup(heavy_only, torch.randn(256, 2048))
+    with hs.server() as srv, hs.client(srv.address) as cli:
+        for _ in range(4):
+            assert_same(hs.expected, cli.infer_partition(hs.all_server(), hs.x))
+        assert srv.stats["requests"] == 4 and srv.stats["serial"] == 0, srv.stats
+
+
+@pytest.mark.slow
 def test_max_clients_busy_then_fallback(tiny):
     with tiny.server(max_clients=1) as srv:
         from cic_fast.runtime import messages as M

@@ -385,7 +385,9 @@ def send_frame(
     ----------
     deadline : float, optional
         A `time.monotonic` instant by which the whole frame must be written
-        (TimeoutError otherwise); None: the socket's own timeout applies.
+        (TimeoutError otherwise); None: the socket's own timeout applies. A
+        non-blocking socket with a deadline is sent to first and polled only
+        when its buffer is full, and stays non-blocking.
     tick : Tick, optional
         Called whenever a wait for the socket passes ``tick.at`` (with a deadline
         only); the bytes the socket accepts are added to ``tick.sent``.
@@ -406,6 +408,9 @@ def send_frame(
         if deadline is None:
             raise ValueError("send_frame: a tick needs a deadline")
         _send_ticking(sock, head, views, deadline, tick)
+        return len(head) + length
+    if deadline is not None and sock.gettimeout() == 0.0:
+        _send_nonblocking(sock, _send_buffers(head, views), deadline)
         return len(head) + length
     with _Deadline(sock, deadline, "sending a frame") as dl:
         small = [v for v in views if v.nbytes < 65536]
@@ -430,15 +435,8 @@ def send_frame(
     return len(head) + length
 
 
-def _send_ticking(
-    sock: socket.socket, head: bytes, views: list[memoryview], deadline: float, tick: Tick
-) -> None:
-    """`send_frame` with a tick: a loop over ``sock.send``, resumable after each wait.
-
-    Small parts go out joined with their neighbours (as in `send_frame`), large
-    ones from their own memory. ``sock.send`` either times out having sent nothing
-    or returns the count it sent, so a wake-up at ``tick.at`` never loses a byte.
-    """
+def _send_buffers(head: bytes, views: list[memoryview]) -> list[Any]:
+    """Small parts joined with their neighbours, large ones (64 KiB+) on their own."""
     bufs: list[Any] = []
     pending: list[Any] = [head]
     for v in views:
@@ -449,6 +447,45 @@ def _send_ticking(
         pending = []
     if pending:
         bufs.append(b"".join(pending))
+    return bufs
+
+
+def _send_nonblocking(sock: socket.socket, bufs: list[Any], deadline: float) -> None:
+    """`send_frame` on a non-blocking socket: send first, poll only when it is full.
+
+    Why: a socket with a timeout costs a ``poll`` before every ``send`` and a
+    ``settimeout`` (an ``ioctl``) per deadline, each releasing the GIL; a server's
+    answer almost always fits the empty socket buffer, so here it is one ``send``.
+    """
+    poller: Any = None
+    for buf in bufs:
+        view = memoryview(buf).cast("B")
+        off, n = 0, view.nbytes
+        while off < n:
+            try:
+                off += sock.send(view[off:])
+                continue
+            except (BlockingIOError, InterruptedError):
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0.0:
+                raise TimeoutError("timed out: deadline passed while sending a frame")
+            if poller is None:
+                poller = select.poll()
+                poller.register(sock, select.POLLOUT)
+            poller.poll(left * 1000.0)
+
+
+def _send_ticking(
+    sock: socket.socket, head: bytes, views: list[memoryview], deadline: float, tick: Tick
+) -> None:
+    """`send_frame` with a tick: a loop over ``sock.send``, resumable after each wait.
+
+    Small parts go out joined with their neighbours (as in `send_frame`), large
+    ones from their own memory. ``sock.send`` either times out having sent nothing
+    or returns the count it sent, so a wake-up at ``tick.at`` never loses a byte.
+    """
+    bufs = _send_buffers(head, views)
     saved = sock.gettimeout()
     try:
         for buf in bufs:
@@ -714,7 +751,8 @@ class SocketReader:
     Parameters
     ----------
     sock : socket.socket
-        A blocking socket (with or without a timeout).
+        A blocking socket (with or without a timeout), or a non-blocking one
+        read with a deadline (read first, polled only when empty).
     limits : Limits
         Bounds every frame (see :func:`parse_header`).
     bufsize : int
@@ -746,6 +784,9 @@ class SocketReader:
         """
         if self._hi > self._lo:
             return True
+        return self._poll_in(timeout_s)
+
+    def _poll_in(self, timeout_s: float) -> bool:
         if self._poller is None:
             self._poller = select.poll()
             self._poller.register(self.sock, select.POLLIN | select.POLLPRI)
@@ -845,7 +886,17 @@ class SocketReader:
 
     def _recv_into(self, view: memoryview, what: str, got: int, n: int) -> int:
         tick = self.tick
+        # A non-blocking socket (the server's sessions) is read first and polled only
+        # when empty: no poll before each read, no settimeout per read (a socket
+        # with a timeout has both, each releasing the GIL).
+        nonblocking = self.deadline is not None and self.sock.gettimeout() == 0.0
         while True:
+            if nonblocking:
+                try:
+                    k = self.sock.recv_into(view)
+                    break
+                except (BlockingIOError, InterruptedError):
+                    pass
             if self.deadline is not None:
                 now = time.monotonic()
                 left = self.deadline - now
@@ -856,6 +907,9 @@ class SocketReader:
                         tick()
                         continue
                     left = tick.at - now
+                if nonblocking:
+                    self._poll_in(left)  # then read again, or find the deadline passed
+                    continue
                 self.sock.settimeout(left)
             try:
                 k = self.sock.recv_into(view)
