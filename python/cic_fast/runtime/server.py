@@ -116,6 +116,21 @@ class _TailSlot:
         self.error: BaseException | None = None
 
 
+class _Hold:
+    """The cheap-request token (see `Server._infer`) while held; `release` is idempotent."""
+
+    __slots__ = ("held", "lock")
+
+    def __init__(self, lock: threading.Lock, held: bool) -> None:
+        self.lock = lock
+        self.held = held
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.lock.release()
+
+
 class _Hello:
     """A connection in its handshake: what has arrived of its HELLO frame."""
 
@@ -775,7 +790,7 @@ class Server:
         on = W.unpack_mask(mask, n)
         return on, self.tail_for(on)
 
-    def _infer(self, conn: socket.socket, payload: W.Payload, whole: bool = False) -> None:
+    def _infer(self, conn: socket.socket, payload: W.Payload, *, whole: bool) -> None:
         # The cheap-request path. A thread that runs a request's Python while others
         # also want the GIL hands it over at every torch call and socket call, and
         # waits to get it back: at 16 clients of a 40 us tail that was ~50 futex
@@ -786,17 +801,15 @@ class Server:
         # waits for nothing (no byte, no tail build, no compute slot: it takes a
         # free slot or leaves the path), so holding it never stalls a request of
         # another path; a heavy tail runs outside it (two of them use both cores).
-        token = self._py_token
-        held = whole and token.acquire(timeout=self.timeout_s)
+        hold = _Hold(self._py_token, whole and self._py_token.acquire(timeout=self.timeout_s))
+        serial = False
         try:
             try:
                 request_id, n, mask = M.read_request_mask(payload)
                 t = time.perf_counter()
-                hit = self._cached(n, mask) if held else None
+                hit = self._cached(n, mask) if hold.held else None
                 if hit is None or not 0.0 < hit[1].compute_s < _CHEAP_S:
-                    if held:
-                        token.release()
-                        held = False
+                    hold.release()
                     hit = self._lookup(n, mask)
                 on, tail = hit
                 # the server's own seconds leave out the time the payload was arriving
@@ -805,36 +818,31 @@ class Server:
                 tensors = dict(W.read_tensors(payload, tail.check))
                 payload.end()
             except W.ProtocolError as e:
-                if held:
-                    token.release()
-                    held = False
+                hold.release()
                 if e.fatal:
                     raise
                 payload.skip_rest()  # the stream is intact: answer and go on
                 self._send_error(conn, e.code, str(e))
                 return
             t0 = time.perf_counter() - build_s
-            if held and not self._free_worker():
-                token.release()
-                held = False
+            if hold.held and not self._free_worker():
+                hold.release()
             try:
-                outputs = self._compute(on, tensors, have_worker=held)
+                outputs = self._compute(on, tensors, have_worker=hold.held)
             except W.ProtocolError as e:
-                if held:
-                    token.release()
-                    held = False
+                hold.release()
                 if e.fatal and e.code != W.ErrorCode.BUSY:  # a refused request keeps the connection
                     raise
                 self._send_error(conn, e.code, str(e))
                 return
             del tensors
             parts, _ = M.encode_result(request_id, time.perf_counter() - t0, outputs)
+            serial = hold.held
         finally:
-            if held:
-                token.release()
+            hold.release()
         with self._lock:
             self.stats["requests"] += 1
-            self.stats["serial"] += int(held)
+            self.stats["serial"] += int(serial)
         self._reply(conn, W.MsgType.RESULT, parts)  # never under the token: it may wait
 
     def compute(self, on_device: np.ndarray, tensors: dict[str, Any]) -> list[Any]:
@@ -884,11 +892,8 @@ class Server:
 
     def _acquire_worker(self) -> bool:
         """A compute slot; False (answer BUSY) if the admission queue is full."""
-        try:
-            self._slots.get_nowait()
+        if self._free_worker():
             return True
-        except queue.Empty:
-            pass
         with self._lock:
             ahead = self._waiting + 1
             if ahead > self.queue_size or ahead * self._service_s > self.max_wait_s * self.workers:
