@@ -658,6 +658,102 @@ def test_received_tensors_are_not_staged_in_python_buffers():
         b.close()
 
 
+# -- the session loop: connections between requests, and cheap requests ------------------
+
+
+class _Repeat(torch.nn.Module):
+    def forward(self, x):
+        return x.repeat(1, 64)
+
+
+def _hello_raw(address, fingerprint: str) -> socket.socket:
+    s = _connect(address)
+    W.send_frame(s, W.MsgType.HELLO, [M.encode_hello(fingerprint)])
+    assert W.recv_frame(s, W.Limits())[0] == W.MsgType.HELLO_OK
+    return s
+
+
+def test_a_reader_that_does_not_read_never_stalls_the_loop(monkeypatch):
+    """An answer the socket does not take at once goes to a thread, not a blocked loop.
+
+    A raw connection pipelines 8 requests of a cheap tail whose answers are 2 MiB each
+    and reads nothing for a while: the loop answers them (``serial``) until the socket
+    is full, then a session thread finishes the sending. Meanwhile another client is
+    served at once; then all 8 answers arrive whole, right and in order.
+    """
+    monkeypatch.setattr(server_mod, "_CHEAP_S", 10.0)  # the 2 MiB copy counts as cheap
+    torch.manual_seed(11)
+    s = Setup(torch.nn.Sequential(torch.nn.Linear(512, 512), _Repeat()), torch.randn(16, 512))
+    on = s.prefix(2)  # the input and the Linear on the device: 32 KiB at the cut
+    xs = [torch.randn(16, 512) for _ in range(8)]
+    with torch.inference_mode():
+        want = [s.model(x) for x in xs]
+    with s.server() as srv:
+        with s.client(srv.address, bandwidth_bps=1e10) as cli:  # builds and times the tail
+            for _ in range(3):
+                assert_same(want[0], cli.infer_partition(on, xs[0]))
+            head = cli._parts_for(on)[0]
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        raw.settimeout(TIMEOUT_S)
+        raw.connect(srv.address)
+        try:
+            W.send_frame(raw, W.MsgType.HELLO, [M.encode_hello(srv.fingerprint)])
+            assert W.recv_frame(raw, W.Limits())[0] == W.MsgType.HELLO_OK
+            for i, x in enumerate(xs):
+                with torch.inference_mode():
+                    parts, _ = M.encode_request(i, on, dict(head.codec.flatten(head(x))))
+                W.send_frame(raw, W.MsgType.INFER, parts)
+            time.sleep(0.5)  # the loop has answered what fits; the rest is pending
+            t0 = time.monotonic()
+            with s.client(srv.address, bandwidth_bps=1e10) as other:
+                assert_same(want[1], other.infer_partition(on, xs[1]))
+                assert other.last is not None and not other.last.fallback, other.last.error
+            assert time.monotonic() - t0 < 1.0
+            for i in range(len(xs)):
+                kind, payload = W.recv_frame(raw, W.Limits())
+                assert kind == W.MsgType.RESULT
+                rid, _, outs = M.decode_result(payload, W.Limits())
+                assert rid == i
+                assert_same(want[i], outs[0])
+        finally:
+            raw.close()
+        assert srv.stats["serial"] >= 2, srv.stats
+        assert srv.stats["errors"] == 0, srv.stats
+
+
+def _session_threads() -> int:
+    return sum(t.name == "cic-server-session" for t in threading.enumerate())
+
+
+def test_connections_between_requests_hold_no_thread(tiny):
+    """Defect: every authenticated connection held a thread for its whole life.
+
+    48 authenticated connections sit idle and 16 more have sent half a request
+    frame; the server holds them on its session loop, with no more session threads
+    than it keeps spare, and a new client is served at once. The half frames are
+    dropped at their deadline.
+    """
+    before = _session_threads()
+    with tiny.server(max_clients=80, frame_timeout_s=1.0) as srv:
+        socks = [_hello_raw(srv.address, srv.fingerprint) for _ in range(64)]
+        try:
+            for s in socks[48:]:
+                s.sendall(W.frame_header(W.MsgType.PROBE, 1000) + bytes(100))
+            time.sleep(0.3)
+            assert _session_threads() - before <= 3
+            t0 = time.monotonic()
+            with tiny.client(srv.address, bandwidth_bps=1e10) as cli:
+                assert_same(tiny.expected, cli.infer_partition(tiny.all_server(), tiny.x))
+                assert cli.last is not None and not cli.last.fallback, cli.last.error
+            assert time.monotonic() - t0 < 1.0
+            assert all(_closed_within(s, 2.0) for s in socks[48:])
+            assert not any(_closed_within(s, 0.01) for s in socks[:48])
+        finally:
+            for s in socks:
+                s.close()
+
+
 # -- drain on SIGTERM ------------------------------------------------------------------------
 
 

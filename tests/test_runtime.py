@@ -208,9 +208,10 @@ def test_one_client_shared_by_threads(tiny):
 @pytest.mark.slow
 def test_cheap_path_serves_concurrent_clients_right_and_heavy_tails_never_take_it():
     # Cheap tails (built, mean run time under 1 ms, request wholly received) run one
-    # request at a time under the server's token; every answer must still be the
-    # model's for distinct inputs from many threads, with cheap and heavy requests
-    # mixed. A heavy tail (several ms) never takes that path.
+    # request at a time on the server's session loop, heavy ones on session threads;
+    # every answer must still be the model's for distinct inputs from many threads,
+    # with cheap and heavy requests mixed. A heavy tail (several ms) never runs on
+    # the loop.
     torch.manual_seed(5)
     model = nn.Sequential(
         nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)

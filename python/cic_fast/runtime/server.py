@@ -14,25 +14,36 @@ Concurrency model (docs/protocol.md, "The server's runtime"):
   each (a header, then a HELLO of at most ``2 + max_name_bytes`` bytes), a
   deadline per handshake. It never blocks on a peer, and an unauthenticated
   connection holds no client slot and no thread;
-- each authenticated connection is served by a *session* thread from a pool that
-  always keeps one spare thread started, so the gate only hands sockets over.
-  A session reads a request straight into the tensors' memory, runs the tail
-  and writes the answer itself: no thread hop on the request path (a hop costs
-  more than the whole loopback round trip on small machines: see
-  docs/benchmarks.md);
+- every authenticated connection, between requests, sits on one *session loop*
+  (a selector, non-blocking sockets, a 64 KiB buffer each, a deadline per frame
+  from its first byte, an idle timeout). A request that has wholly arrived and
+  whose tail is built and cheap (mean run time under 1 ms) is parsed, run and
+  answered on the loop itself, one after another;
+- anything that could wait goes to a *session* thread from a pool that always
+  keeps one spare thread started: a frame larger than the buffer (read straight
+  into its tensors' memory there), a tail to build or an expensive one, a full
+  compute pool, an answer the socket does not take at once. The thread serves
+  what has arrived on that connection, then gives it back to the loop;
 - compute is bounded by ``workers`` slots; a request that finds every slot taken
   waits in an admission queue of ``queue_size`` places, as long as the wait it
   can expect (the requests ahead of it times the mean compute time, over the
   workers) stays under ``max_wait_s``; one that finds the queue full is answered
   ``BUSY`` at once (the connection stays open, the client
-  computes that request locally). Each session thread runs torch with
-  ``threads`` intra-op threads, so ``workers * threads`` matches the cores.
+  computes that request locally). Each session thread, and the loop, runs torch
+  with ``threads`` intra-op threads, so ``workers * threads`` matches the cores.
 
-Why threads and not an event loop: the request path must not change threads
-(a hand-off between an event loop and a compute pool costs 0.1-0.6 ms here, the
-budget of the whole runtime), and torch releases the GIL while it computes, so a
-blocked session thread costs nothing but its stack. The parts an event loop does
-best (many idle or hostile sockets, deadlines without threads) are the gate's.
+Why a loop for the cheap requests and threads for the rest: a cheap tail takes
+tens of microseconds, about what the Python around it costs, and threads that
+each ran their own cheap requests spent more on handing the GIL to each other
+(~50 futex calls and 250 us of CPU per request at 16 clients, against none and
+125 us at one client) than on the requests; one thread that takes every ready
+connection from one ``epoll`` call has no such cost (about 1.5x the requests/s
+of a thread per connection with a token around the cheap path; docs/benchmarks.md).
+An expensive tail releases the GIL while torch computes, so two of them use
+both cores from two threads, and their one hop to a thread and back costs
+tens of microseconds against milliseconds. The parts an event loop does best
+(many idle or hostile sockets, deadlines without threads) are the gate's and
+the loop's: no connection holds a thread between requests.
 
 A bad frame, a bad request or a tail that raises is answered with an ``ERROR``
 frame (and, where the stream can no longer be trusted, the connection is closed)
@@ -50,7 +61,7 @@ import selectors
 import socket
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -67,9 +78,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Server", "usable_cores"]
 
-# A session that waits for its next request checks for a drain this often.
-_POLL_S = 0.2
-# a tail whose mean run time is under this takes the one-thread-at-a-time path
+# The session loop checks idle connections and frame deadlines this often.
+_SWEEP_S = 0.1
+# a tail whose mean run time is under this runs on the session loop itself
 _CHEAP_S = 1e-3
 
 
@@ -116,19 +127,22 @@ class _TailSlot:
         self.error: BaseException | None = None
 
 
-class _Hold:
-    """The cheap-request token (see `Server._infer`) while held; `release` is idempotent."""
+class _Session:
+    """An authenticated connection: its socket, its reader, where it stands."""
 
-    __slots__ = ("held", "lock")
+    __slots__ = ("deadline", "idle_until", "looped", "needs_frame", "pending", "reader", "sock")
 
-    def __init__(self, lock: threading.Lock, held: bool) -> None:
-        self.lock = lock
-        self.held = held
+    def __init__(self, sock: socket.socket, reader: W.SocketReader, idle_until: float) -> None:
+        self.sock = sock
+        self.reader = reader
+        self.idle_until = idle_until  # closed if no request comes by then
+        self.deadline = _NEVER  # the frame that has begun must be whole by then
+        self.pending: list[Any] = []  # an answer's bytes the socket did not take yet
+        self.needs_frame = False  # a thread must read a frame (its bytes are on the socket)
+        self.looped = False  # registered with the session loop
 
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            self.lock.release()
+
+_NEVER = float("inf")
 
 
 class _Hello:
@@ -284,14 +298,18 @@ class Server:
         self._tails: OrderedDict[bytes, _TailSlot] = OrderedDict()
         # compute slots: a queue of tokens (C-level, cheaper than a Semaphore)
         self._slots: queue.SimpleQueue[None] = queue.SimpleQueue()
-        self._py_token = threading.Lock()  # the cheap-request path (see _infer)
         for _ in range(workers):
             self._slots.put(None)
         # per session thread: the (mask, tail) of the request it is serving, so that
         # run_tail does not look the tail up a second time
         self._request = threading.local()
         self._waiting = 0
-        self._sessions: queue.SimpleQueue[socket.socket | None] = queue.SimpleQueue()
+        self._sessions: queue.SimpleQueue[_Session | None] = queue.SimpleQueue()
+        self._loop: threading.Thread | None = None
+        self._loop_wake_r: socket.socket | None = None
+        self._loop_wake_w: socket.socket | None = None
+        self._incoming: list[_Session] = []  # handed to the loop, not registered yet
+        self._loop_closed = False
         self._session_threads: set[threading.Thread] = set()
         self._idle_threads = 0
         self._conns: set[socket.socket] = set()  # authenticated connections
@@ -302,7 +320,7 @@ class Server:
             "tails_built": 0,
             "busy": 0,
             "handshake_timeouts": 0,
-            "serial": 0,  # requests answered on the cheap path (see _infer)
+            "serial": 0,  # requests answered on the session loop (see _infer_inline)
         }
 
     # -- lifecycle -----------------------------------------------------------------
@@ -328,9 +346,14 @@ class Server:
         sock.setblocking(False)
         self._sock = sock
         self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._loop_wake_r, self._loop_wake_w = socket.socketpair()
+        for w in (self._wake_r, self._wake_w, self._loop_wake_r, self._loop_wake_w):
+            w.setblocking(False)
         self._spawn_session_thread()
+        self._loop = threading.Thread(
+            target=self._session_loop, name="cic-server-loop", daemon=True
+        )
+        self._loop.start()
         self._gate = threading.Thread(target=self._gate_loop, name="cic-server-gate", daemon=True)
         self._gate.start()
         return self
@@ -354,9 +377,10 @@ class Server:
     def stop(self) -> None:
         """Stop accepting connections and requests (signal-safe); see :meth:`close`."""
         self._draining.set()
-        if self._wake_w is not None:
-            with contextlib.suppress(OSError):
-                self._wake_w.send(b"x")
+        for w in (self._wake_w, self._loop_wake_w):
+            if w is not None:
+                with contextlib.suppress(OSError):
+                    w.send(b"x")
 
     def close(self, timeout_s: float = 2.0) -> None:
         """Drain, then close: refuse new work, let requests in flight finish, join.
@@ -368,8 +392,9 @@ class Server:
         """
         self.stop()
         deadline = time.monotonic() + timeout_s
-        if self._gate is not None and self._gate is not threading.current_thread():
-            self._gate.join(max(0.0, deadline - time.monotonic()))
+        for t in (self._gate, self._loop):
+            if t is not None and t is not threading.current_thread():
+                t.join(max(0.0, deadline - time.monotonic()))
         while time.monotonic() < deadline:
             with self._lock:
                 if not self._conns:
@@ -386,7 +411,7 @@ class Server:
         for t in threads:
             if t is not threading.current_thread():
                 t.join(max(0.05, deadline - time.monotonic()))
-        for s in (self._wake_r, self._wake_w):
+        for s in (self._wake_r, self._wake_w, self._loop_wake_r, self._loop_wake_w):
             if s is not None:
                 with contextlib.suppress(OSError):
                     s.close()
@@ -656,7 +681,7 @@ class Server:
         self._admit_session(conn)
 
     def _admit_session(self, conn: socket.socket) -> None:
-        """A client passed its handshake: a client slot and a session, or BUSY."""
+        """A client passed its handshake: a client slot and the session loop, or BUSY."""
         with self._lock:
             busy = len(self._conns) >= self.max_clients
             if not busy:
@@ -676,7 +701,8 @@ class Server:
         if sent != len(frame):
             self._end_session(conn)
             return
-        self._sessions.put(conn)
+        reader = W.SocketReader(conn, self.limits)
+        self._to_loop(_Session(conn, reader, time.monotonic() + self.timeout_s))
 
     def _end_session(self, conn: socket.socket) -> None:
         with contextlib.suppress(OSError):
@@ -684,7 +710,194 @@ class Server:
         with self._lock:
             self._conns.discard(conn)
 
-    # -- sessions: one thread per authenticated connection -----------------------------
+    # -- the session loop: every connection between requests, and the cheap requests ---
+
+    def _to_loop(self, s: _Session) -> None:
+        """Give a connection to the session loop (from the gate or a session thread)."""
+        with self._lock:
+            closed = self._loop_closed
+            if not closed:
+                self._incoming.append(s)
+        if closed:  # draining: the loop is gone
+            self._end_session(s.sock)
+            return
+        assert self._loop_wake_w is not None
+        with contextlib.suppress(OSError):  # a full wake socket is a wake-up already
+            self._loop_wake_w.send(b"x")
+
+    def _session_loop(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.threads)  # the cheap tails run on this thread
+        assert self._loop_wake_r is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self._loop_wake_r, selectors.EVENT_READ, None)
+        again: deque[_Session] = deque()  # answered a frame and have more bytes buffered
+        next_sweep = time.monotonic() + _SWEEP_S
+        try:
+            while not self._draining.is_set():
+                events = sel.select(0.0 if again else _SWEEP_S)
+                now = time.monotonic()
+                for key, _ in events:
+                    if key.data is None:
+                        self._loop_adopt(sel, now)
+                    else:
+                        self._loop_step(sel, again, key.data, now, receive=True)
+                for _ in range(len(again)):  # one frame each per turn: fair to the others
+                    s = again.popleft()
+                    if s.looped:
+                        self._loop_step(sel, again, s, now, receive=False)
+                if now >= next_sweep:
+                    next_sweep = now + _SWEEP_S
+                    for key in list(sel.get_map().values()):
+                        s = key.data
+                        if s is not None and (
+                            s.deadline < now or (s.idle_until < now and not s.reader.buffered)
+                        ):
+                            self._loop_drop(sel, s)  # a frame past its deadline, or idle
+        finally:
+            self._loop_close(sel)
+
+    def _loop_adopt(self, sel: selectors.BaseSelector, now: float) -> None:
+        assert self._loop_wake_r is not None
+        with contextlib.suppress(OSError):  # first: a wake-up sent after the swap stays
+            self._loop_wake_r.recv(4096)
+        with self._lock:
+            incoming, self._incoming = self._incoming, []
+        for s in incoming:
+            s.idle_until = now + self.timeout_s
+            try:
+                sel.register(s.sock, selectors.EVENT_READ, s)
+            except (OSError, ValueError):  # closed meanwhile
+                self._end_session(s.sock)
+                continue
+            s.looped = True
+
+    def _loop_step(
+        self,
+        sel: selectors.BaseSelector,
+        again: deque[_Session],
+        s: _Session,
+        now: float,
+        *,
+        receive: bool,
+    ) -> None:
+        """Read what has arrived; answer a whole cheap request here, else hand over.
+
+        Anything that could wait (a frame larger than the buffer, a tail to
+        build or run for long, a full admission queue, an answer the socket
+        does not take at once) goes to a session thread, so the loop never
+        blocks. A request it cannot parse goes too, untouched: the thread reads
+        it again and answers it like any other.
+        """
+        reader = s.reader
+        try:
+            if receive:
+                reader.recv_nowait()
+                s.idle_until = now + self.timeout_s
+            frame = reader.buffered_frame()
+            if frame is None:
+                size = reader.next_frame_bytes()
+                if size is not None and size > reader.capacity:
+                    self._loop_handoff(sel, s)  # read straight into its tensors, there
+                elif reader.buffered and s.deadline == _NEVER:
+                    s.deadline = now + self.frame_timeout_s  # a frame has begun
+                return
+        except W.ProtocolError:
+            self._loop_handoff(sel, s)
+            return
+        except (OSError, EOFError):  # the peer is gone: nothing to answer
+            self._loop_drop(sel, s)
+            return
+        kind, payload = frame
+        try:
+            served = kind == W.MsgType.INFER and self._infer_inline(s, payload)
+        except (OSError, EOFError):
+            self._loop_drop(sel, s)
+            return
+        except Exception as e:  # never let one client take the loop down
+            self._send_nowait(s.sock, W.ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
+            self._loop_drop(sel, s)
+            return
+        if not served or s.pending:
+            self._loop_handoff(sel, s)
+            return
+        s.deadline = _NEVER
+        if reader.buffered:
+            again.append(s)
+
+    def _infer_inline(self, s: _Session, payload: memoryview) -> bool:
+        """Answer a wholly buffered INFER on the loop if its tail is built and cheap.
+
+        Returns False, with nothing consumed, if not (a session thread serves
+        it). A cheap tail takes tens of microseconds; run here, its request has
+        no thread hop and no contention for the GIL: at 16 clients of a 40 us
+        tail, session threads that each ran their own requests paid ~50 futex
+        calls and 250 us of CPU per request, against none and 125 us for one
+        client (strace, /proc; docs/benchmarks.md).
+        """
+        r = W.Reader(payload, self.limits)
+        try:
+            request_id, n, mask = M.read_request_mask(r)
+            hit = self._cached(n, mask)
+            if hit is None or not 0.0 < hit[1].compute_s < _CHEAP_S:
+                self._request.tail = None
+                return False
+            on, tail = hit
+            # each tensor's header is checked before its memory is allocated
+            tensors = dict(W.read_tensors(r, tail.check))
+            r.end()
+        except W.ProtocolError:
+            self._request.tail = None
+            return False
+        if not self._free_worker():  # a thread waits in the admission queue
+            self._request.tail = None
+            return False
+        t0 = time.perf_counter()
+        try:
+            outputs = self._compute(on, tensors, have_worker=True)
+        except W.ProtocolError as e:  # the tail failed: answered, the stream is intact
+            kind, parts = W.MsgType.ERROR, [M.encode_error(e.code, str(e))]
+            with self._lock:
+                self.stats["errors"] += 1
+        else:
+            del tensors
+            kind = W.MsgType.RESULT
+            parts, _ = M.encode_result(request_id, time.perf_counter() - t0, outputs)
+            with self._lock:
+                self.stats["requests"] += 1
+                self.stats["serial"] += 1
+        s.reader.consume(W.HEADER.size + payload.nbytes)
+        s.pending = W.send_frame_nowait(s.sock, kind, parts)
+        return True
+
+    def _loop_handoff(self, sel: selectors.BaseSelector, s: _Session) -> None:
+        sel.unregister(s.sock)
+        s.looped = False
+        self._sessions.put(s)
+
+    def _loop_drop(self, sel: selectors.BaseSelector, s: _Session) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            sel.unregister(s.sock)
+        s.looped = False
+        self._end_session(s.sock)
+
+    def _loop_close(self, sel: selectors.BaseSelector) -> None:
+        """The loop is done (a drain): a request that has arrived is answered, then closed."""
+        with self._lock:
+            self._loop_closed = True
+            incoming, self._incoming = self._incoming, []
+        sessions = [k.data for k in sel.get_map().values() if k.data is not None]
+        sel.close()
+        for s in [*sessions, *incoming]:
+            s.looped = False
+            if s.pending or s.reader.buffered or s.reader.wait(0.0):
+                s.needs_frame = not s.reader.buffered and not s.pending
+                self._sessions.put(s)
+            else:
+                self._end_session(s.sock)
+
+    # -- session threads: what the loop hands over ----------------------------------------
 
     def _spawn_session_thread(self) -> None:
         t = threading.Thread(target=self._session_thread, name="cic-server-session", daemon=True)
@@ -699,36 +912,39 @@ class Server:
         torch.set_num_threads(self.threads)  # this thread's intra-op threads
         me = threading.current_thread()
         try:
-            while (conn := self._sessions.get()) is not None:
+            while (s := self._sessions.get()) is not None:
                 with self._lock:
                     self._idle_threads -= 1
                     spare = self._idle_threads == 0 and not self._draining.is_set()
-                if spare:  # keep one thread waiting, so the gate never starts one
+                if spare:  # keep one thread waiting, so a hand-over never starts one
                     self._spawn_session_thread()
-                try:
-                    self._serve_conn(conn)
-                finally:
-                    self._end_session(conn)
-                    with self._lock:
-                        self._idle_threads += 1
-                        retire = self._idle_threads > 2
-                        if retire:
-                            self._idle_threads -= 1
+                self._serve_session(s)
+                with self._lock:
+                    self._idle_threads += 1
+                    retire = self._idle_threads > 2
+                    if retire:
+                        self._idle_threads -= 1
                 if retire:
                     return
         finally:
             with self._lock:
                 self._session_threads.discard(me)
 
-    def _serve_conn(self, conn: socket.socket) -> None:
+    def _serve_session(self, s: _Session) -> None:
+        back = False
         try:
-            self._session(conn, W.SocketReader(conn, self.limits))
+            back = self._session(s)
         except (OSError, EOFError):
             pass  # peer gone, timed out or shut down by close(): nothing to answer
         except W.ProtocolError as e:
-            self._send_error(conn, e.code, str(e))
+            self._send_error(s.sock, e.code, str(e))
         except Exception as e:  # never let one client take the server down
-            self._send_error(conn, W.ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
+            self._send_error(s.sock, W.ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
+        finally:
+            if back:
+                self._to_loop(s)
+            else:
+                self._end_session(s.sock)
 
     def _send_error(self, conn: socket.socket, code: W.ErrorCode, message: str) -> None:
         with self._lock:
@@ -741,30 +957,31 @@ class Server:
                 deadline=time.monotonic() + self.timeout_s,
             )
 
-    def _session(self, conn: socket.socket, reader: W.SocketReader) -> None:
-        drained = False
-        while True:
-            idle_until = time.monotonic() + self.timeout_s
-            while not reader.wait(_POLL_S):
-                if self._draining.is_set() or time.monotonic() >= idle_until:
-                    return
-            if self._draining.is_set():
-                # a drain answers the request that had already arrived, then closes
-                if drained:
-                    return
-                drained = True
-            kind, payload = reader.frame(deadline=time.monotonic() + self.frame_timeout_s)
+    def _session(self, s: _Session) -> bool:
+        """Serve what the loop handed over; True: give the connection back to the loop."""
+        conn, reader = s.sock, s.reader
+        if s.pending:  # an answer the loop could not send at once
+            W.send_buffers(conn, s.pending, time.monotonic() + self.timeout_s)
+            s.pending = []
+        while s.needs_frame or reader.buffered:
+            s.needs_frame = False
+            # a frame that began on the loop keeps its deadline
+            deadline = min(s.deadline, time.monotonic() + self.frame_timeout_s)
+            kind, payload = reader.frame(deadline=deadline)
             if kind == W.MsgType.PROBE:
                 n = payload.left
                 payload.skip_rest()
                 self._reply(conn, W.MsgType.PROBE_OK, [M.encode_probe_ok(n)])
             elif kind == W.MsgType.INFER:
-                # all of it buffered: parsing it waits for no byte (see _infer)
-                self._infer(conn, payload, whole=payload.left <= reader.buffered)
+                self._infer(conn, payload)
             else:
                 raise W.ProtocolError(
                     W.ErrorCode.UNKNOWN_TYPE, f"unexpected {kind.name} frame from a client"
                 )
+            s.deadline = _NEVER
+            if self._draining.is_set():
+                return False  # a drain answers the request that had arrived, then closes
+        return True
 
     def _reply(self, conn: socket.socket, kind: W.MsgType, parts: list[Any]) -> None:
         W.send_frame(conn, kind, parts, deadline=time.monotonic() + self.timeout_s)
@@ -790,60 +1007,35 @@ class Server:
         on = W.unpack_mask(mask, n)
         return on, self.tail_for(on)
 
-    def _infer(self, conn: socket.socket, payload: W.Payload, *, whole: bool) -> None:
-        # The cheap-request path. A thread that runs a request's Python while others
-        # also want the GIL hands it over at every torch call and socket call, and
-        # waits to get it back: at 16 clients of a 40 us tail that was ~50 futex
-        # calls and 250 us of CPU per request, against none and 125 us for one client
-        # (strace, /proc). So a request whose bytes have all arrived (`whole`) and
-        # whose tail is built and cheap (its mean run time under _CHEAP_S) runs
-        # parse, tail and encoding under one token, a thread at a time. The holder
-        # waits for nothing (no byte, no tail build, no compute slot: it takes a
-        # free slot or leaves the path), so holding it never stalls a request of
-        # another path; a heavy tail runs outside it (two of them use both cores).
-        hold = _Hold(self._py_token, whole and self._py_token.acquire(timeout=self.timeout_s))
-        serial = False
+    def _infer(self, conn: socket.socket, payload: W.Payload) -> None:
         try:
-            try:
-                request_id, n, mask = M.read_request_mask(payload)
-                t = time.perf_counter()
-                hit = self._cached(n, mask) if hold.held else None
-                if hit is None or not 0.0 < hit[1].compute_s < _CHEAP_S:
-                    hold.release()
-                    hit = self._lookup(n, mask)
-                on, tail = hit
-                # the server's own seconds leave out the time the payload was arriving
-                build_s = time.perf_counter() - t
-                # each tensor's header is checked before its memory is allocated
-                tensors = dict(W.read_tensors(payload, tail.check))
-                payload.end()
-            except W.ProtocolError as e:
-                hold.release()
-                if e.fatal:
-                    raise
-                payload.skip_rest()  # the stream is intact: answer and go on
-                self._send_error(conn, e.code, str(e))
-                return
-            t0 = time.perf_counter() - build_s
-            if hold.held and not self._free_worker():
-                hold.release()
-            try:
-                outputs = self._compute(on, tensors, have_worker=hold.held)
-            except W.ProtocolError as e:
-                hold.release()
-                if e.fatal and e.code != W.ErrorCode.BUSY:  # a refused request keeps the connection
-                    raise
-                self._send_error(conn, e.code, str(e))
-                return
-            del tensors
-            parts, _ = M.encode_result(request_id, time.perf_counter() - t0, outputs)
-            serial = hold.held
-        finally:
-            hold.release()
+            request_id, n, mask = M.read_request_mask(payload)
+            t = time.perf_counter()
+            on, tail = self._lookup(n, mask)
+            # the server's own seconds leave out the time the payload was arriving
+            build_s = time.perf_counter() - t
+            # each tensor's header is checked before its memory is allocated
+            tensors = dict(W.read_tensors(payload, tail.check))
+            payload.end()
+        except W.ProtocolError as e:
+            if e.fatal:
+                raise
+            payload.skip_rest()  # the stream is intact: answer and go on
+            self._send_error(conn, e.code, str(e))
+            return
+        t0 = time.perf_counter() - build_s
+        try:
+            outputs = self._compute(on, tensors, have_worker=False)
+        except W.ProtocolError as e:
+            if e.fatal and e.code != W.ErrorCode.BUSY:  # a refused request keeps the connection
+                raise
+            self._send_error(conn, e.code, str(e))
+            return
+        del tensors
+        parts, _ = M.encode_result(request_id, time.perf_counter() - t0, outputs)
         with self._lock:
             self.stats["requests"] += 1
-            self.stats["serial"] += int(serial)
-        self._reply(conn, W.MsgType.RESULT, parts)  # never under the token: it may wait
+        self._reply(conn, W.MsgType.RESULT, parts)
 
     def compute(self, on_device: np.ndarray, tensors: dict[str, Any]) -> list[Any]:
         """`run_tail` through the compute slots and the admission queue.

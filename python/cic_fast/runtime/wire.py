@@ -476,6 +476,39 @@ def _send_nonblocking(sock: socket.socket, bufs: list[Any], deadline: float) -> 
             poller.poll(left * 1000.0)
 
 
+def send_frame_nowait(sock: socket.socket, msg_type: MsgType, parts: Sequence[Any]) -> list[Any]:
+    """Write what a non-blocking socket takes of one frame now, without waiting.
+
+    Returns
+    -------
+    list
+        What is left to send (buffers, in order; empty when the whole frame was
+        written), for `send_buffers`.
+    """
+    views = [memoryview(p).cast("B") for p in parts]
+    bufs = _send_buffers(frame_header(msg_type, sum(v.nbytes for v in views)), views)
+    for i, buf in enumerate(bufs):
+        view = memoryview(buf).cast("B")
+        try:
+            k = sock.send(view)
+        except (BlockingIOError, InterruptedError):
+            k = 0
+        if k < view.nbytes:
+            return [view[k:], *bufs[i + 1 :]]
+    return []
+
+
+def send_buffers(sock: socket.socket, bufs: Sequence[Any], deadline: float) -> None:
+    """Write ``bufs`` (what `send_frame_nowait` left) to a non-blocking socket by ``deadline``.
+
+    Raises
+    ------
+    TimeoutError
+        The deadline passed first.
+    """
+    _send_nonblocking(sock, list(bufs), deadline)
+
+
 def _send_ticking(
     sock: socket.socket, head: bytes, views: list[memoryview], deadline: float, tick: Tick
 ) -> None:
@@ -530,7 +563,7 @@ def _recv_exactly(sock: socket.socket, n: int, what: str, dl: _Deadline) -> byte
     return buf
 
 
-def parse_header(data: bytes | bytearray, limits: Limits) -> tuple[MsgType, int]:
+def parse_header(data: bytes | bytearray | memoryview, limits: Limits) -> tuple[MsgType, int]:
     """Validate a 12-byte header; return the frame type and payload length.
 
     Raises
@@ -776,6 +809,11 @@ class SocketReader:
         """Bytes received and not consumed yet."""
         return self._hi - self._lo
 
+    @property
+    def capacity(self) -> int:
+        """The largest frame (header included) `recv_nowait` can buffer whole."""
+        return len(self._buf)
+
     def wait(self, timeout_s: float) -> bool:
         """True as soon as a byte is available (buffered, on the socket, or EOF).
 
@@ -785,6 +823,79 @@ class SocketReader:
         if self._hi > self._lo:
             return True
         return self._poll_in(timeout_s)
+
+    def recv_nowait(self) -> int:
+        """Receive what the socket holds now into the buffer's free space (no waiting).
+
+        For a non-blocking socket read by an event loop (the server's). Returns
+        the bytes received: 0 when none were waiting or the buffer is full
+        (see `next_frame_bytes`).
+
+        Raises
+        ------
+        EOFError
+            The peer closed the connection between frames.
+        ConnectionError
+            The peer closed it mid-frame.
+        OSError
+            The socket failed.
+        """
+        if self._lo == self._hi:
+            self._lo = self._hi = 0
+        elif self._hi == len(self._buf) and self._lo:  # compact: move the bytes to the front
+            k = self._hi - self._lo
+            self._view[:k] = self._view[self._lo : self._hi]
+            self._lo, self._hi = 0, k
+        if self._hi == len(self._buf):
+            return 0
+        try:
+            k = self.sock.recv_into(self._view[self._hi :])
+        except (BlockingIOError, InterruptedError):
+            return 0
+        if k == 0:
+            if self._hi == self._lo:
+                raise EOFError("connection closed")
+            raise ConnectionError(f"connection closed {self._hi - self._lo} bytes into a frame")
+        self._hi += k
+        return k
+
+    def next_frame_bytes(self) -> int | None:
+        """Header and payload bytes of the next frame, once its header is buffered (else None).
+
+        Raises
+        ------
+        ProtocolError
+            The header is invalid (see :func:`parse_header`).
+        """
+        if self._hi - self._lo < HEADER.size:
+            return None
+        _, length = parse_header(self._view[self._lo : self._lo + HEADER.size], self.limits)
+        return HEADER.size + length
+
+    def buffered_frame(self) -> tuple[MsgType, memoryview] | None:
+        """The next frame, if all of it is buffered: (type, payload); else None.
+
+        Nothing is consumed (see `consume`): a caller may leave the frame to
+        `frame`. The payload view is valid until the next read.
+
+        Raises
+        ------
+        ProtocolError
+            The header is invalid (see :func:`parse_header`).
+        """
+        if self._hi - self._lo < HEADER.size:
+            return None
+        kind, length = parse_header(self._view[self._lo : self._lo + HEADER.size], self.limits)
+        start = self._lo + HEADER.size
+        if self._hi - start < length:
+            return None
+        return kind, self._view[start : start + length]
+
+    def consume(self, n: int) -> None:
+        """Drop the next ``n`` buffered bytes (a frame taken through `buffered_frame`)."""
+        if not 0 <= n <= self._hi - self._lo:
+            raise ValueError(f"consume({n}) with {self._hi - self._lo} bytes buffered")
+        self._lo += n
 
     def _poll_in(self, timeout_s: float) -> bool:
         if self._poller is None:
