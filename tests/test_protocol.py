@@ -180,6 +180,75 @@ def test_fuzzed_payloads_raise_only_protocol_error(data):
         M.decode_error(payload, LIMITS)
 
 
+_LAYOUT_DTYPES = ["float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8"]
+
+
+def _tensor_lists():
+    leaf = st.tuples(
+        st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=6),
+        st.sampled_from(_LAYOUT_DTYPES),
+        st.lists(st.integers(0, 4), max_size=3).map(tuple),
+    )
+    return st.lists(leaf, max_size=4, unique_by=lambda x: x[0])
+
+
+def _random_tensor(dtype: str, shape: tuple[int, ...], rng: np.random.Generator):
+    t = torch.from_numpy(rng.integers(-100, 100, size=shape).astype(dtype))
+    return t if shape else t.reshape(())
+
+
+@settings(max_examples=300, deadline=None)
+@given(_tensor_lists(), _tensor_lists(), st.integers(0, 3), st.integers(0, 2**32 - 1))
+def test_tensor_layout_reads_exactly_what_read_tensors_reads(leaves, other, trim, seed):
+    """`TensorLayout.read` (the server's shortcut) against the field-by-field parser.
+
+    For the layout's own tensors it returns what `read_tensors` returns, bit for
+    bit; for any other tensor list (other names, order, dtypes, shapes; one byte
+    short or long) it returns None, so the full parser handles (or refuses) it.
+    """
+    rng = np.random.default_rng(seed)
+    layout = W.TensorLayout(leaves, LIMITS)
+    assert layout.usable
+    for sent in (leaves, other, list(reversed(leaves))):
+        tensors = [(n, _random_tensor(d, s, rng)) for n, d, s in sent]
+        parts, _ = W.encode_tensors(tensors)
+        data = b"xy" + b"".join(bytes(memoryview(p).cast("B")) for p in parts)
+        for payload in (data, data[: len(data) - trim], data + bytes(trim)):
+            got = layout.read(memoryview(payload), 2)
+            exact = sent == leaves and len(payload) == len(data)
+            if not exact:
+                assert got is None
+                continue
+            assert got is not None
+            r = W.Reader(memoryview(payload)[2:], LIMITS)
+            want = W.read_tensors(r)
+            r.end()
+            assert list(got) == [n for n, _ in want]
+            for (_, w), g in zip(want, got.values(), strict=True):
+                assert g.dtype == w.dtype and g.shape == w.shape and torch.equal(g, w)
+
+
+def test_tensor_layout_not_usable_where_read_tensors_checks_more():
+    # bool (bytes must be 0 or 1), bfloat16 (no numpy view), unknown shape or dtype,
+    # duplicate names, and anything over the reader's limits go to the full parser
+    small = W.Limits(max_tensor_bytes=64, max_ndim=2, max_tensors=2, max_name_bytes=3)
+    for leaves in (
+        [("a", "bool", (2,))],
+        [("a", "bfloat16", (2,))],
+        [("a", None, (2,))],
+        [("a", "float32", None)],
+        [("a", "float32", (2,)), ("a", "float32", (2,))],
+        [("a", "float32", (17,))],
+        [("a", "float32", (1, 1, 1))],
+        [("abcd", "float32", (1,))],
+        [("a", "int8", ()), ("b", "int8", ()), ("c", "int8", ())],
+    ):
+        layout = W.TensorLayout(leaves, small)
+        assert not layout.usable, leaves
+        assert layout.read(memoryview(bytes(64)), 0) is None
+    assert W.TensorLayout([("a", "float32", (16,)), ("b", "int8", ())], small).usable
+
+
 # -- a live server -----------------------------------------------------------------------
 
 

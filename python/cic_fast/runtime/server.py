@@ -95,9 +95,13 @@ def usable_cores() -> int:
 class _Tail:
     """A built tail with the boundary it expects: name -> (dtype, shape or None)."""
 
-    def __init__(self, module: Any, expected: dict[str, tuple[str | None, Any]]) -> None:
+    def __init__(
+        self, module: Any, expected: dict[str, tuple[str | None, Any]], limits: W.Limits
+    ) -> None:
         self.module = module
         self.expected = expected
+        # the boundary as a client writes it (codec order): matched byte for byte
+        self.layout = W.TensorLayout([(k, d, s) for k, (d, s) in expected.items()], limits)
         self.compute_s = 0.0  # moving average of its run time; 0: not run yet
 
     def check(self, name: str, dtype: str, dims: tuple[int, ...]) -> None:
@@ -478,7 +482,7 @@ class Server:
             # every tensor the wire carries: boundary values that are not one tensor
             # travel as their leaves (`BoundaryCodec`), each with a known dtype/shape
             expected = {leaf.name: (leaf.dtype, leaf.shape) for leaf in module.codec.leaves}
-            slot.tail = _Tail(module, expected)
+            slot.tail = _Tail(module, expected, self.limits)
             with self._lock:
                 self.stats["tails_built"] += 1
         except Exception as e:  # reported to every request that waited for it
@@ -844,9 +848,11 @@ class Server:
                 self._request.tail = None
                 return False
             on, tail = hit
-            # each tensor's header is checked before its memory is allocated
-            tensors = dict(W.read_tensors(r, tail.check))
-            r.end()
+            tensors = tail.layout.read(payload, r.pos)  # exactly the boundary, or None
+            if tensors is None:
+                # each tensor's header is checked before its memory is allocated
+                tensors = dict(W.read_tensors(r, tail.check))
+                r.end()
         except W.ProtocolError:
             self._request.tail = None
             return False
