@@ -754,6 +754,31 @@ def test_connections_between_requests_hold_no_thread(tiny):
                 s.close()
 
 
+def test_an_unexpected_error_on_the_loop_drops_one_connection_and_keeps_serving(
+    tiny, monkeypatch
+):
+    real = W.SocketReader.buffered_frame
+    calls = []
+
+    def flaky(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the session loop (simulated)")
+        return real(self)
+
+    monkeypatch.setattr(W.SocketReader, "buffered_frame", flaky)
+    with tiny.server() as srv:
+        s = _hello_raw(srv.address, srv.fingerprint)
+        W.send_frame(s, W.MsgType.PROBE, [bytes(8)])
+        assert _closed_within(s, 2.0)  # that one is dropped
+        s.close()
+        with tiny.client(srv.address, bandwidth_bps=1e10) as cli:  # the next is served
+            for _ in range(3):
+                assert_same(tiny.expected, cli.infer_partition(tiny.all_server(), tiny.x))
+                assert cli.last is not None and not cli.last.fallback, cli.last.error
+        assert srv.running
+
+
 # -- drain on SIGTERM ------------------------------------------------------------------------
 
 
