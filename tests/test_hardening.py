@@ -722,6 +722,40 @@ def test_a_reader_that_does_not_read_never_stalls_the_loop(monkeypatch):
         assert srv.stats["errors"] == 0, srv.stats
 
 
+def test_a_cheap_request_larger_than_the_buffer_is_served_on_the_loop(monkeypatch):
+    """The loop grows a connection's buffer only to the size the partition's boundary takes.
+
+    A 256 KiB all-server request of a cheap tail is buffered whole and answered on
+    the loop (no hop to a thread and back); a frame that claims more bytes than its
+    boundary takes is left to a thread, which refuses it.
+    """
+    monkeypatch.setattr(server_mod, "_CHEAP_S", 10.0)  # cheap on any machine
+    torch.manual_seed(12)
+    s = Setup(torch.nn.Sequential(torch.nn.Linear(4096, 10)), torch.randn(16, 4096))
+    on = s.all_server()
+    with s.server() as srv:
+        with s.client(srv.address, bandwidth_bps=1e10) as cli:
+            for _ in range(3):  # builds and times the tail
+                assert_same(s.expected, cli.infer_partition(on, s.x))
+            served = srv.stats["serial"]
+            for _ in range(5):
+                assert_same(s.expected, cli.infer_partition(on, s.x))
+                assert cli.last is not None and not cli.last.fallback, cli.last.error
+            assert srv.stats["serial"] == served + 5, srv.stats
+            head = cli._parts_for(on)[0]
+        with torch.inference_mode():
+            parts, _ = M.encode_request(1, on, dict(head.codec.flatten(head(s.x))))
+        raw = _hello_raw(srv.address, srv.fingerprint)
+        try:
+            W.send_frame(raw, W.MsgType.INFER, [*parts, bytes(64)])  # 64 bytes too many
+            kind, payload = W.recv_frame(raw, W.Limits())
+            assert kind == W.MsgType.ERROR
+            assert M.decode_error(payload, W.Limits()).code == W.ErrorCode.BAD_FRAME
+        finally:
+            raw.close()
+        assert srv.stats["serial"] == served + 5, srv.stats
+
+
 def _session_threads() -> int:
     return sum(t.name == "cic-server-session" for t in threading.enumerate())
 
@@ -754,9 +788,7 @@ def test_connections_between_requests_hold_no_thread(tiny):
                 s.close()
 
 
-def test_an_unexpected_error_on_the_loop_drops_one_connection_and_keeps_serving(
-    tiny, monkeypatch
-):
+def test_an_unexpected_error_on_the_loop_drops_one_connection_and_keeps_serving(tiny, monkeypatch):
     real = W.SocketReader.buffered_frame
     calls = []
 

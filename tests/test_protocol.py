@@ -249,6 +249,51 @@ def test_tensor_layout_not_usable_where_read_tensors_checks_more():
     assert W.TensorLayout([("a", "float32", (16,)), ("b", "int8", ())], small).usable
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 200_000), min_size=1, max_size=6),
+    st.lists(st.integers(256, 150_000), min_size=1, max_size=8),
+)
+def test_socket_reader_event_loop_reads_return_every_frame_whole(sizes, chunks):
+    """recv_nowait / buffered_frame / consume / reserve / shrink, as the server's loop uses them.
+
+    Frames of any size (some larger than the 4 KiB buffer, which grows to hold one
+    and shrinks back after) arrive in arbitrary chunks; each comes out whole and in
+    order, and nothing is lost between them.
+    """
+    frames = [
+        W.frame_header(W.MsgType.PROBE, n) + bytes([i % 251]) * n for i, n in enumerate(sizes)
+    ]
+    data = b"".join(frames)
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        b.setblocking(False)
+        reader = W.SocketReader(b, LIMITS, bufsize=4096)
+        got: list[bytes] = []
+        sent = 0
+        for k in range(100_000):  # bounded: each turn moves bytes or frames along
+            if len(got) == len(frames):
+                break
+            if sent < len(data):
+                with contextlib.suppress(BlockingIOError):  # the socket is full: read first
+                    sent += a.send(data[sent : sent + chunks[k % len(chunks)]])
+            while reader.recv_nowait():
+                pass
+            while (fr := reader.buffered_frame()) is not None:
+                kind, payload = fr
+                assert kind == W.MsgType.PROBE
+                got.append(W.frame_header(kind, payload.nbytes) + bytes(payload))
+                reader.consume(W.HEADER.size + payload.nbytes)
+                reader.shrink()
+                assert reader.capacity == 4096 or reader.buffered > 4096
+            size = reader.next_frame_bytes()
+            if size is not None and size > reader.capacity:
+                reader.reserve(size)
+        assert got == frames
+        assert reader.buffered == 0 and reader.capacity == 4096
+
+
 # -- a live server -----------------------------------------------------------------------
 
 

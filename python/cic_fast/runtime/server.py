@@ -776,6 +776,7 @@ class Server:
             incoming, self._incoming = self._incoming, []
         for s in incoming:
             s.idle_until = now + self.timeout_s
+            s.reader.shrink()
             try:
                 sel.register(s.sock, selectors.EVENT_READ, s)
             except (OSError, ValueError):  # closed meanwhile
@@ -824,8 +825,13 @@ class Server:
             if frame is None:
                 size = reader.next_frame_bytes()
                 if size is not None and size > reader.capacity:
-                    self._loop_handoff(sel, s)  # read straight into its tensors, there
-                elif reader.buffered and s.deadline == _NEVER:
+                    fits = self._cheap_frame(reader, size)
+                    if fits is False:
+                        self._loop_handoff(sel, s)  # read straight into its tensors, there
+                        return
+                    if fits:
+                        reader.reserve(size)  # the size its own boundary has: vetted
+                if reader.buffered and s.deadline == _NEVER:
                     s.deadline = now + self.frame_timeout_s  # a frame has begun
                 return
         except W.ProtocolError:
@@ -848,8 +854,35 @@ class Server:
             self._loop_handoff(sel, s)
             return
         s.deadline = _NEVER
+        reader.shrink()  # a connection between requests holds the small buffer
         if reader.buffered:
             again.append(s)
+
+    def _cheap_frame(self, reader: W.SocketReader, size: int) -> bool | None:
+        """Whether a frame larger than the buffer is a cheap request to buffer whole.
+
+        True if it is an INFER whose tail is built and cheap and whose size is
+        exactly what that partition's boundary takes (so growing the buffer to
+        it allocates nothing the server would refuse); None if its first bytes
+        have not all arrived yet; False otherwise (a thread reads it).
+        """
+        view = reader.peek()
+        kind, _ = W.parse_header(view[: W.HEADER.size], self.limits)
+        if kind != W.MsgType.INFER:
+            return False
+        r = W.Reader(view[W.HEADER.size :], self.limits)
+        try:
+            _, n, mask = M.read_request_mask(r)
+        except W.ProtocolError as e:  # truncated: the mask has not all arrived (yet)
+            return (
+                None if e.code == W.ErrorCode.BAD_FRAME and view.nbytes < reader.capacity else False
+            )
+        hit = self._cached(n, mask)
+        self._request.tail = None
+        if hit is None or not 0.0 < hit[1].compute_s < _CHEAP_S:
+            return False
+        layout = hit[1].layout
+        return layout.usable and size == W.HEADER.size + r.pos + layout.nbytes
 
     def _infer_inline(self, s: _Session, payload: memoryview) -> bool:
         """Answer a wholly buffered INFER on the loop if its tail is built and cheap.

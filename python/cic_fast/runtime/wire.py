@@ -795,6 +795,7 @@ class SocketReader:
     def __init__(self, sock: socket.socket, limits: Limits, bufsize: int = 1 << 16) -> None:
         self.sock = sock
         self.limits = limits
+        self._bufsize = bufsize
         self._buf = bytearray(bufsize)
         self._view = memoryview(self._buf)
         self._lo = 0
@@ -896,6 +897,26 @@ class SocketReader:
         if not 0 <= n <= self._hi - self._lo:
             raise ValueError(f"consume({n}) with {self._hi - self._lo} bytes buffered")
         self._lo += n
+
+    def peek(self) -> memoryview:
+        """The buffered bytes, not consumed (valid until the next read)."""
+        return self._view[self._lo : self._hi]
+
+    def reserve(self, n: int) -> None:
+        """Grow the buffer to hold ``n`` bytes (a frame the caller has vetted) whole."""
+        if n > len(self._buf):
+            self._move(bytearray(n))
+
+    def shrink(self) -> None:
+        """Back to the buffer size given at construction, if what is buffered fits."""
+        if len(self._buf) > self._bufsize >= self._hi - self._lo:
+            self._move(bytearray(self._bufsize))
+
+    def _move(self, buf: bytearray) -> None:
+        k = self._hi - self._lo
+        buf[:k] = self._view[self._lo : self._hi]
+        self._buf, self._view = buf, memoryview(buf)
+        self._lo, self._hi = 0, k
 
     def _poll_in(self, timeout_s: float) -> bool:
         if self._poller is None:
@@ -1210,6 +1231,7 @@ class TensorLayout:
         self.usable = len(leaves) <= limits.max_tensors and len(set(names)) == len(names)
         self._parts: list[tuple[str, bytes, Any, tuple[int, ...], int]] = []
         self._count = _U32.pack(len(leaves)) if self.usable else b""
+        self.nbytes = 4  # the tensor list's bytes, count included (when usable)
         for name, dtype, shape in leaves:
             if (
                 dtype not in _DTYPE_CODE
@@ -1229,6 +1251,7 @@ class TensorLayout:
                 self.usable = False
                 return
             self._parts.append((name, head, getattr(torch, dtype), tuple(shape), nbytes))
+            self.nbytes += len(head) + nbytes
 
     def read(self, view: memoryview, pos: int) -> dict[str, Any] | None:
         """name -> tensor if ``view[pos:]`` is exactly this layout's tensor list, else None."""
