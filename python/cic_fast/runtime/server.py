@@ -196,10 +196,11 @@ class Server:
     workers : int, optional
         Requests computed at once (default: the usable cores).
     threads : int, optional
-        torch intra-op threads of each session thread (default: usable cores //
-        ``workers``, at least 1). By default one thread: every session thread
-        that computes with more starts an OpenMP team of its own, and their
-        spinning idle threads cost more than the parallelism gains (measured:
+        torch intra-op threads of each session thread and of the session loop
+        (default: usable cores // ``workers``, at least 1). By default one
+        thread: every session thread that computes with more starts an OpenMP
+        team of its own, and their spinning idle threads cost more than the
+        parallelism gains (measured:
         1 worker x 2 threads served a full resnet18 tail at 10-15 requests/s on
         2 cores, 2 workers x 1 thread at 31-34/s). So a server profile meant
         for a default server is taken with one torch thread (``cic-fast profile
