@@ -39,13 +39,14 @@ tens of microseconds, about what the Python around it costs, and threads that
 each ran their own cheap requests spent more on handing the GIL to each other
 (~50 futex calls and 250 us of CPU per request at 16 clients, against none and
 125 us at one client) than on the requests; one thread that takes every ready
-connection from one ``epoll`` call has no such cost (about 1.5x the requests/s
-of a thread per connection with a token around the cheap path; docs/benchmarks.md).
-An expensive tail releases the GIL while torch computes, so two of them use
-both cores from two threads, and a burst of them pays one hop to a thread and
-back, not one per request. The parts an event loop does best
-(many idle or hostile sockets, deadlines without threads) are the gate's and
-the loop's: no connection holds a thread between requests.
+connection from one ``epoll`` call has no such cost (1.6-1.9x the requests/s
+of a thread per connection with a token around the cheap path at 4-64 clients;
+docs/benchmarks.md). An expensive tail releases the GIL while torch computes,
+so two of them use both cores from two threads, and a burst of them pays one
+hop to a thread and back, not one per request. The parts an event loop does
+best (many idle or hostile sockets, deadlines without threads) are the gate's
+and the loop's: no connection holds a thread between requests (but for the
+``_LINGER_S`` a session thread waits for a burst's next request).
 
 A bad frame, a bad request or a tail that raises is answered with an ``ERROR``
 frame (and, where the stream can no longer be trusted, the connection is closed)
