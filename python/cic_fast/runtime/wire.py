@@ -1142,6 +1142,11 @@ def encode_string(s: str) -> bytes:
     return _U16.pack(len(b)) + b
 
 
+# tensor headers already encoded, by (name, dtype, shape): a server answers with the
+# same few again and again (get and set are atomic under the GIL)
+_TENSOR_HEADS: dict[tuple[str, str, Any], bytes] = {}
+
+
 def tensor_parts(name: str, t: torch.Tensor) -> list[Any]:
     """Header bytes and the raw data (a memoryview of the tensor's memory)."""
     import torch
@@ -1155,8 +1160,14 @@ def tensor_parts(name: str, t: torch.Tensor) -> list[Any]:
         raise ValueError(f"tensor {name!r}: shape {tuple(t.shape)} cannot be sent")
     if t.device.type != "cpu" or t.requires_grad or not t.is_contiguous():
         t = t.detach().to("cpu").contiguous()
-    head = encode_string(name) + _TENSOR.pack(_DTYPE_CODE[dtype], t.ndim)
-    head += struct.pack(f"<{t.ndim}I", *t.shape)
+    key = (name, dtype, t.shape)
+    head = _TENSOR_HEADS.get(key)
+    if head is None:  # a function of (name, dtype, shape) alone: kept for the next time
+        head = encode_string(name) + _TENSOR.pack(_DTYPE_CODE[dtype], t.ndim)
+        head += struct.pack(f"<{t.ndim}I", *t.shape)
+        if len(_TENSOR_HEADS) >= 4096:
+            _TENSOR_HEADS.clear()
+        _TENSOR_HEADS[key] = head
     if t.numel() == 0:
         return [head]
     # numpy has no bfloat16: its bytes are viewed through uint8
