@@ -546,9 +546,13 @@ class Server:
                 )
             for name, t in tensors.items():
                 tail.check(name, str(t.dtype).removeprefix("torch."), tuple(t.shape))
+        part = tail.module  # our Tail: no hooks, so its forward is called directly
         try:
-            with torch.inference_mode():
-                out = tail.module(tail.module.codec.restore(tensors))
+            if torch.is_inference_mode_enabled():  # the session loop runs in it throughout
+                out = part.forward(part.codec.restore(tensors))
+            else:
+                with torch.inference_mode():
+                    out = part.forward(part.codec.restore(tensors))
         except Exception as e:  # the tail is the model's code: report, keep serving
             raise W.ProtocolError(
                 W.ErrorCode.INTERNAL, f"tail failed: {type(e).__name__}: {e}"
@@ -746,6 +750,10 @@ class Server:
         import torch
 
         torch.set_num_threads(self.threads)  # the cheap tails run on this thread
+        with torch.inference_mode():  # every tail run here: entered once, not per request
+            self._run_loop()
+
+    def _run_loop(self) -> None:
         assert self._loop_wake_r is not None
         sel = selectors.DefaultSelector()
         sel.register(self._loop_wake_r, selectors.EVENT_READ, None)
