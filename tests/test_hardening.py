@@ -229,6 +229,40 @@ def test_a_burst_of_connections_is_answered_not_dropped(tiny):
             assert cli.last is not None and not cli.last.fallback, cli.last.error
 
 
+def test_slots_of_connections_closed_by_their_clients_are_free_at_once(tiny, monkeypatch):
+    """A client that closes its connections and reconnects at once is not refused BUSY.
+
+    The session loop is made slow to see the closes (0.3 s a step); the gate, at the
+    limit, does not count connections whose peer has closed them.
+    """
+    real = server_mod.Server._loop_step
+
+    def slow(self, *args, **kwargs):
+        time.sleep(0.3)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(server_mod.Server, "_loop_step", slow)
+    with tiny.server(max_clients=2) as srv:
+        held = [_hello_raw(srv.address, srv.fingerprint) for _ in range(2)]
+        for s in held:
+            s.close()
+        t0 = time.monotonic()
+        again = _hello_raw(srv.address, srv.fingerprint)  # HELLO_OK, not BUSY
+        assert time.monotonic() - t0 < 0.3
+        again.close()
+        live = [_hello_raw(srv.address, srv.fingerprint) for _ in range(2)]
+        try:
+            s = _connect(srv.address)  # the limit still holds for live connections
+            W.send_frame(s, W.MsgType.HELLO, [M.encode_hello(srv.fingerprint)])
+            kind, payload = W.recv_frame(s, W.Limits())
+            s.close()
+            assert kind == W.MsgType.ERROR
+            assert M.decode_error(payload, W.Limits()).code == W.ErrorCode.BUSY
+        finally:
+            for s in live:
+                s.close()
+
+
 # -- the client: stale connections, deadlines, back-off ----------------------------------
 
 

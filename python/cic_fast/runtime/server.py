@@ -154,6 +154,16 @@ class _Session:
 _NEVER = float("inf")
 
 
+def _closed_by_peer(conn: socket.socket) -> bool:
+    """True if the peer has closed ``conn`` (or it is closed here): a peek, nothing read."""
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False  # open, nothing to read
+    except OSError:
+        return True  # reset, or closed by its owner meanwhile
+
+
 class _Hello:
     """A connection in its handshake: what has arrived of its HELLO frame."""
 
@@ -704,7 +714,12 @@ class Server:
     def _admit_session(self, conn: socket.socket) -> None:
         """A client passed its handshake: a client slot and the session loop, or BUSY."""
         with self._lock:
-            busy = len(self._conns) >= self.max_clients
+            held = list(self._conns) if len(self._conns) >= self.max_clients else []
+        # at the limit, a connection its client has closed (its owner has not seen the
+        # EOF yet) does not count: a client that reconnects at once is not refused
+        live = sum(not _closed_by_peer(c) for c in held)
+        with self._lock:
+            busy = bool(held) and live >= self.max_clients
             if not busy:
                 self._conns.add(conn)
                 self.stats["connections"] += 1

@@ -868,10 +868,13 @@ class SocketReader:
         ProtocolError
             The header is invalid (see :func:`parse_header`).
         """
+        head = self._next_header()
+        return None if head is None else HEADER.size + head[1]
+
+    def _next_header(self) -> tuple[MsgType, int] | None:
         if self._hi - self._lo < HEADER.size:
             return None
-        _, length = parse_header(self._view[self._lo : self._lo + HEADER.size], self.limits)
-        return HEADER.size + length
+        return parse_header(self._view[self._lo : self._lo + HEADER.size], self.limits)
 
     def buffered_frame(self) -> tuple[MsgType, memoryview] | None:
         """The next frame, if all of it is buffered: (type, payload); else None.
@@ -884,9 +887,10 @@ class SocketReader:
         ProtocolError
             The header is invalid (see :func:`parse_header`).
         """
-        if self._hi - self._lo < HEADER.size:
+        head = self._next_header()
+        if head is None:
             return None
-        kind, length = parse_header(self._view[self._lo : self._lo + HEADER.size], self.limits)
+        kind, length = head
         start = self._lo + HEADER.size
         if self._hi - start < length:
             return None
