@@ -557,12 +557,11 @@ class Server:
             for name, t in tensors.items():
                 tail.check(name, str(t.dtype).removeprefix("torch."), tuple(t.shape))
         part = tail.module  # our Tail: no hooks, so its forward is called directly
+        # the session loop runs in inference mode throughout: no guard per request
+        inference = torch.is_inference_mode_enabled()
         try:
-            if torch.is_inference_mode_enabled():  # the session loop runs in it throughout
+            with contextlib.nullcontext() if inference else torch.inference_mode():
                 out = part.forward(part.codec.restore(tensors))
-            else:
-                with torch.inference_mode():
-                    out = part.forward(part.codec.restore(tensors))
         except Exception as e:  # the tail is the model's code: report, keep serving
             raise W.ProtocolError(
                 W.ErrorCode.INTERNAL, f"tail failed: {type(e).__name__}: {e}"
@@ -778,15 +777,19 @@ class Server:
             while not self._draining.is_set():
                 events = sel.select(0.0 if again else _SWEEP_S)
                 now = time.monotonic()
-                for key, _ in events:
-                    if key.data is None:
-                        self._loop_adopt(sel, again, now)
-                    else:
-                        self._loop_turn(sel, again, key.data, now, receive=True)
-                for _ in range(len(again)):  # one frame each per turn: fair to the others
-                    s = again.popleft()
-                    if s.looped:
-                        self._loop_turn(sel, again, s, now, receive=False)
+                if any(key.data is None for key, _ in events):
+                    self._loop_adopt(sel, again, now)
+                turn = [(key.data, True) for key, _ in events if key.data is not None]
+                # then one frame each of those with more buffered: fair to the others
+                turn += [(again.popleft(), False) for _ in range(len(again))]
+                for s, receive in turn:
+                    if not s.looped:  # handed over or dropped earlier in this turn
+                        continue
+                    try:
+                        self._loop_step(sel, again, s, now, receive=receive)
+                    except Exception:  # a bug met by one connection: drop it, keep serving
+                        if s.looped:
+                            self._loop_drop(sel, s)
                 if now >= next_sweep:
                     next_sweep = now + _SWEEP_S
                     for key in list(sel.get_map().values()):
@@ -815,21 +818,6 @@ class Server:
             s.looped = True
             if s.reader.buffered:  # a request already here: no readable event will say so
                 again.append(s)
-
-    def _loop_turn(
-        self,
-        sel: selectors.BaseSelector,
-        again: deque[_Session],
-        s: _Session,
-        now: float,
-        *,
-        receive: bool,
-    ) -> None:
-        try:
-            self._loop_step(sel, again, s, now, receive=receive)
-        except Exception:  # a bug met by one connection: drop it, keep the loop serving
-            if s.looped:
-                self._loop_drop(sel, s)
 
     def _loop_step(
         self,
@@ -914,11 +902,19 @@ class Server:
         except W.ProtocolError as e:  # truncated: the mask has not all arrived (yet)
             more = r.view.nbytes < min(length, reader.capacity - W.HEADER.size)
             return ("wait" if e.code == W.ErrorCode.BAD_FRAME and more else "no"), None, 0
-        hit = self._cached(n, mask)
-        self._request.tail = None
-        if hit is None or not 0.0 < hit[1].compute_s < _CHEAP_S:
+        hit = self._cheap(n, mask)
+        self._request.tail = None  # only a look: no request of this thread's is served
+        if hit is None:
             return "no", None, 0
         return "cheap", hit[1], W.HEADER.size + r.pos
+
+    def _cheap(self, n: int, mask: bytes) -> tuple[np.ndarray, _Tail] | None:
+        """`_cached`, if the tail is also cheap (run before, mean under `_CHEAP_S`)."""
+        hit = self._cached(n, mask)
+        if hit is None or not 0.0 < hit[1].compute_s < _CHEAP_S:
+            self._request.tail = None
+            return None
+        return hit
 
     def _cheap_frame(self, reader: W.SocketReader, size: int) -> bool | None:
         """Whether a frame larger than the buffer is a cheap request to buffer whole.
@@ -947,9 +943,8 @@ class Server:
         r = W.Reader(payload, self.limits)
         try:
             request_id, n, mask = M.read_request_mask(r)
-            hit = self._cached(n, mask)
-            if hit is None or not 0.0 < hit[1].compute_s < _CHEAP_S:
-                self._request.tail = None
+            hit = self._cheap(n, mask)
+            if hit is None:
                 return False
             on, tail = hit
             tensors = tail.layout.read(payload, r.pos)  # exactly the boundary, or None

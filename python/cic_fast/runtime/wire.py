@@ -410,7 +410,7 @@ def send_frame(
         _send_ticking(sock, head, views, deadline, tick)
         return len(head) + length
     if deadline is not None and sock.gettimeout() == 0.0:
-        _send_nonblocking(sock, _send_buffers(head, views), deadline)
+        send_buffers(sock, _send_buffers(head, views), deadline)
         return len(head) + length
     with _Deadline(sock, deadline, "sending a frame") as dl:
         small = [v for v in views if v.nbytes < 65536]
@@ -450,12 +450,18 @@ def _send_buffers(head: bytes, views: list[memoryview]) -> list[Any]:
     return bufs
 
 
-def _send_nonblocking(sock: socket.socket, bufs: list[Any], deadline: float) -> None:
-    """`send_frame` on a non-blocking socket: send first, poll only when it is full.
+def send_buffers(sock: socket.socket, bufs: Sequence[Any], deadline: float) -> None:
+    """Write ``bufs`` to a non-blocking socket by ``deadline``: send first, poll when full.
 
-    Why: a socket with a timeout costs a ``poll`` before every ``send`` and a
+    `send_frame` on a non-blocking socket, and what `send_frame_nowait` left. Why:
+    a socket with a timeout costs a ``poll`` before every ``send`` and a
     ``settimeout`` (an ``ioctl``) per deadline, each releasing the GIL; a server's
     answer almost always fits the empty socket buffer, so here it is one ``send``.
+
+    Raises
+    ------
+    TimeoutError
+        The deadline passed first.
     """
     poller: Any = None
     for buf in bufs:
@@ -496,17 +502,6 @@ def send_frame_nowait(sock: socket.socket, msg_type: MsgType, parts: Sequence[An
         if k < view.nbytes:
             return [view[k:], *bufs[i + 1 :]]
     return []
-
-
-def send_buffers(sock: socket.socket, bufs: Sequence[Any], deadline: float) -> None:
-    """Write ``bufs`` (what `send_frame_nowait` left) to a non-blocking socket by ``deadline``.
-
-    Raises
-    ------
-    TimeoutError
-        The deadline passed first.
-    """
-    _send_nonblocking(sock, list(bufs), deadline)
 
 
 def _send_ticking(
@@ -841,12 +836,10 @@ class SocketReader:
         OSError
             The socket failed.
         """
-        if self._lo == self._hi:
+        if self._lo == self._hi:  # empty: the whole buffer is free again
             self._lo = self._hi = 0
-        elif self._hi == len(self._buf) and self._lo:  # compact: move the bytes to the front
-            k = self._hi - self._lo
-            self._view[:k] = self._view[self._lo : self._hi]
-            self._lo, self._hi = 0, k
+        elif self._hi == len(self._buf):
+            self._compact()
         if self._hi == len(self._buf):
             return 0
         try:
@@ -915,6 +908,12 @@ class SocketReader:
         """Back to the buffer size given at construction, if what is buffered fits."""
         if len(self._buf) > self._bufsize >= self._hi - self._lo:
             self._move(bytearray(self._bufsize))
+
+    def _compact(self) -> None:
+        """Move the buffered bytes to the front of the buffer."""
+        k = self._hi - self._lo
+        self._view[:k] = self._view[self._lo : self._hi]
+        self._lo, self._hi = 0, k
 
     def _move(self, buf: bytearray) -> None:
         k = self._hi - self._lo
@@ -1013,9 +1012,8 @@ class SocketReader:
             if got >= max_bytes:
                 raise ProtocolError(ErrorCode.TOO_LARGE, f"{what} over {max_bytes} bytes")
             start = max(0, got - len(delimiter) + 1)
-            if self._hi == len(self._buf):  # compact: move the bytes to the front
-                self._view[:got] = self._view[self._lo : self._hi]
-                self._lo, self._hi = 0, got
+            if self._hi == len(self._buf):
+                self._compact()
             self._hi += self._recv_into(self._view[self._hi :], what, got, max_bytes)
 
     # -- raw reads, for the payload of the current frame (which keeps to its length) ---
@@ -1068,10 +1066,8 @@ class SocketReader:
     def _small(self, n: int, what: str) -> memoryview:
         """The next ``n`` bytes (n <= the buffer), valid until the next read."""
         if self._hi - self._lo < n:
-            if len(self._buf) - self._lo < n:  # compact: move the tail to the front
-                k = self._hi - self._lo
-                self._view[:k] = self._view[self._lo : self._hi]
-                self._lo, self._hi = 0, k
+            if len(self._buf) - self._lo < n:
+                self._compact()
             while self._hi - self._lo < n:
                 got = self._hi - self._lo
                 self._hi += self._recv_into(self._view[self._hi :], what, got, n)
@@ -1151,6 +1147,12 @@ def encode_string(s: str) -> bytes:
 _TENSOR_HEADS: dict[tuple[str, str, Any], bytes] = {}
 
 
+def _tensor_head(name: str, dtype: str, shape: tuple[int, ...]) -> bytes:
+    """What `encode_tensors` writes before a tensor's data: name, dtype code, dims."""
+    head = encode_string(name) + _TENSOR.pack(_DTYPE_CODE[dtype], len(shape))
+    return head + struct.pack(f"<{len(shape)}I", *shape)
+
+
 def tensor_parts(name: str, t: torch.Tensor) -> list[Any]:
     """Header bytes and the raw data (a memoryview of the tensor's memory)."""
     import torch
@@ -1167,8 +1169,7 @@ def tensor_parts(name: str, t: torch.Tensor) -> list[Any]:
     key = (name, dtype, t.shape)
     head = _TENSOR_HEADS.get(key)
     if head is None:  # a function of (name, dtype, shape) alone: kept for the next time
-        head = encode_string(name) + _TENSOR.pack(_DTYPE_CODE[dtype], t.ndim)
-        head += struct.pack(f"<{t.ndim}I", *t.shape)
+        head = _tensor_head(name, dtype, tuple(t.shape))
         if len(_TENSOR_HEADS) >= 4096:
             _TENSOR_HEADS.clear()
         _TENSOR_HEADS[key] = head
@@ -1259,8 +1260,7 @@ class TensorLayout:
                 self.usable = False
             if not self.usable or dtype is None or shape is None:
                 return
-            head = encode_string(name) + _TENSOR.pack(_DTYPE_CODE[dtype], len(shape))
-            head += struct.pack(f"<{len(shape)}I", *shape)
+            head = _tensor_head(name, dtype, shape)
             nbytes = math.prod(shape) * _DTYPES[_DTYPE_CODE[dtype]][1]
             if nbytes > limits.max_tensor_bytes:
                 self.usable = False
