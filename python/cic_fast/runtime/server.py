@@ -878,36 +878,6 @@ class Server:
         if reader.buffered:
             again.append(s)
 
-    def _peek_cheap(self, reader: W.SocketReader) -> tuple[str, _Tail | None, int]:
-        """Whether the next frame is an INFER of a built, cheap tail, from its first bytes.
-
-        Returns ("cheap", its tail, where its tensors start in the frame),
-        ("wait", None, 0) if those first bytes have not all arrived, or ("no",
-        None, 0). Nothing is consumed.
-
-        Raises
-        ------
-        ProtocolError
-            The frame's header is invalid.
-        """
-        view = reader.peek()
-        if view.nbytes < W.HEADER.size:
-            return "wait", None, 0
-        kind, length = W.parse_header(view[: W.HEADER.size], self.limits)
-        if kind != W.MsgType.INFER:
-            return "no", None, 0
-        r = W.Reader(view[W.HEADER.size : W.HEADER.size + length], self.limits)
-        try:
-            _, n, mask = M.read_request_mask(r)
-        except W.ProtocolError as e:  # truncated: the mask has not all arrived (yet)
-            more = r.view.nbytes < min(length, reader.capacity - W.HEADER.size)
-            return ("wait" if e.code == W.ErrorCode.BAD_FRAME and more else "no"), None, 0
-        hit = self._cheap(n, mask)
-        self._request.tail = None  # only a look: no request of this thread's is served
-        if hit is None:
-            return "no", None, 0
-        return "cheap", hit[1], W.HEADER.size + r.pos
-
     def _cheap(self, n: int, mask: bytes) -> tuple[np.ndarray, _Tail] | None:
         """`_cached`, if the tail is also cheap (run before, mean under `_CHEAP_S`)."""
         hit = self._cached(n, mask)
@@ -924,11 +894,22 @@ class Server:
         it allocates nothing the server would refuse); None if its first bytes
         have not all arrived yet; False otherwise (a thread reads it).
         """
-        state, tail, start = self._peek_cheap(reader)
-        if state != "cheap":
-            return None if state == "wait" else False
-        assert tail is not None
-        return tail.layout.usable and size == start + tail.layout.nbytes
+        view = reader.peek()
+        kind, length = W.parse_header(view[: W.HEADER.size], self.limits)
+        if kind != W.MsgType.INFER:
+            return False
+        r = W.Reader(view[W.HEADER.size : W.HEADER.size + length], self.limits)
+        try:
+            _, n, mask = M.read_request_mask(r)
+        except W.ProtocolError as e:  # truncated: the mask has not all arrived (yet)
+            more = r.view.nbytes < min(length, reader.capacity - W.HEADER.size)
+            return None if e.code == W.ErrorCode.BAD_FRAME and more else False
+        hit = self._cheap(n, mask)
+        self._request.tail = None  # only a look: no request of this thread's is served
+        if hit is None:
+            return False
+        layout = hit[1].layout
+        return layout.usable and size == W.HEADER.size + r.pos + layout.nbytes
 
     def _infer_inline(self, s: _Session, payload: memoryview) -> bool:
         """Answer a wholly buffered INFER on the loop if its tail is built and cheap.
@@ -1071,22 +1052,21 @@ class Server:
         within `_LINGER_S` and are not cheap: a client of an expensive tail that
         sends its next request at once is served as by a thread of its own, with
         no hop to the loop and back (two thread wake-ups, 0.2-0.6 ms per request
-        on a 2-vCPU VM). A cheap request goes back to the loop.
+        on a 2-vCPU VM). After answering a cheap request with nothing more
+        arrived, it gives the connection back: the hop then falls between two
+        requests, on no request's time.
         """
         conn, reader = s.sock, s.reader
         if s.pending:  # an answer the loop could not send at once
             W.send_buffers(conn, s.pending, time.monotonic() + self.timeout_s)
             s.pending = []
-        handed = True  # the frame the loop handed over is served here, whatever it is
         while True:
             if not (s.needs_frame or reader.buffered):
                 if not reader.wait(_LINGER_S) or self._draining.is_set():
                     return not self._draining.is_set()
                 reader.recv_nowait()
-            if not handed and self._loop_takes(reader):
-                return True
-            handed = False
             s.needs_frame = False
+            cheap = False
             # a frame that began on the loop keeps its deadline
             deadline = min(s.deadline, time.monotonic() + self.frame_timeout_s)
             kind, payload = reader.frame(deadline=deadline)
@@ -1095,7 +1075,7 @@ class Server:
                 payload.skip_rest()
                 self._reply(conn, W.MsgType.PROBE_OK, [M.encode_probe_ok(n)])
             elif kind == W.MsgType.INFER:
-                self._infer(conn, payload)
+                cheap = self._infer(conn, payload)
             else:
                 raise W.ProtocolError(
                     W.ErrorCode.UNKNOWN_TYPE, f"unexpected {kind.name} frame from a client"
@@ -1103,13 +1083,8 @@ class Server:
             s.deadline = _NEVER
             if self._draining.is_set():
                 return False  # a drain answers the request that had arrived, then closes
-
-    def _loop_takes(self, reader: W.SocketReader) -> bool:
-        """True if the next frame is a cheap request: the session loop serves it."""
-        try:
-            return self._peek_cheap(reader)[0] == "cheap"
-        except W.ProtocolError:
-            return False  # answered here
+            if cheap and not reader.wait(0.0):
+                return True
 
     def _reply(self, conn: socket.socket, kind: W.MsgType, parts: list[Any]) -> None:
         W.send_frame(conn, kind, parts, deadline=time.monotonic() + self.timeout_s)
@@ -1135,7 +1110,8 @@ class Server:
         on = W.unpack_mask(mask, n)
         return on, self.tail_for(on)
 
-    def _infer(self, conn: socket.socket, payload: W.Payload) -> None:
+    def _infer(self, conn: socket.socket, payload: W.Payload) -> bool:
+        """Serve one INFER on a session thread; True if answered and its tail is cheap."""
         try:
             request_id, n, mask = M.read_request_mask(payload)
             t = time.perf_counter()
@@ -1150,7 +1126,7 @@ class Server:
                 raise
             payload.skip_rest()  # the stream is intact: answer and go on
             self._send_error(conn, e.code, str(e))
-            return
+            return False
         t0 = time.perf_counter() - build_s
         try:
             outputs = self._compute(on, tensors, have_worker=False)
@@ -1158,12 +1134,13 @@ class Server:
             if e.fatal and e.code != W.ErrorCode.BUSY:  # a refused request keeps the connection
                 raise
             self._send_error(conn, e.code, str(e))
-            return
+            return False
         del tensors
         parts, _ = M.encode_result(request_id, time.perf_counter() - t0, outputs)
         with self._lock:
             self.stats["requests"] += 1
         self._reply(conn, W.MsgType.RESULT, parts)
+        return 0.0 < tail.compute_s < _CHEAP_S
 
     def compute(self, on_device: np.ndarray, tensors: dict[str, Any]) -> list[Any]:
         """`run_tail` through the compute slots and the admission queue.
